@@ -1,0 +1,33 @@
+import Synchronization
+
+/// Told when frames whose memory the host had discarded are allocated again.
+///
+/// Called with the zone lock held, from whatever thread allocates: keep it short, never call
+/// back into the allocator, and hand the ranges to another thread if there is real work to do
+/// (the network agent appends them to a batch it sends as `Reuse`).
+public protocol ReuseObserver: AnyObject, Sendable {
+    /// Frames `first ..< first + count` are in use again and no longer discarded.
+    func framesReused(first: Int, count: Int)
+}
+
+/// Told when a free leaves a block at or above the order it registered for
+/// (`page_reporting_notify_free`). Called without any zone lock held.
+public protocol FreeBlockNotifier: AnyObject, Sendable {
+    /// A free produced a free block of `order` (after merging).
+    func blockFreed(order: Int)
+}
+
+/// Where allocations send reuse notifications; reads the observer only when a discarded frame
+/// is actually allocated, so the common path costs nothing.
+@usableFromInline
+final class ReuseSink: Sendable {
+    let observer = Mutex<(any ReuseObserver)?>(nil)
+
+    init() {}
+
+    @usableFromInline
+    func reused(first: Int, count: Int) {
+        let observer = self.observer.withLock { $0 }
+        observer?.framesReused(first: first, count: count)
+    }
+}

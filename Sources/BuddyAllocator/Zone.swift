@@ -1,0 +1,405 @@
+import Synchronization
+
+/// A zone: a contiguous range of frames with its own lock, `free_area[order].free_list[mt]`,
+/// counters and watermarks.
+///
+/// All mutable state here, and the frame metadata of the zone's frames, is touched only while
+/// ``lock`` is held. Callers outside the module reach it through ``BuddyAllocator`` or, for the
+/// reporting engine, through ``withLock(_:)`` and a ``LockedZone``.
+public final class Zone: @unchecked Sendable {
+    /// Position in `for_each_zone` order.
+    public let index: Int
+    /// The zone's name, e.g. `Normal` or `DMA32`.
+    public let name: String
+    /// The frames the zone spans.
+    public let frames: Range<Int>
+
+    @usableFromInline let lock = Mutex<Void>(())
+    @usableFromInline let table: FrameTable
+    @usableFromInline let pageblockMigratetypes: UnsafeMutablePointer<UInt8>
+    @usableFromInline let orderCount: Int
+    @usableFromInline let pageblockOrder: Int
+    @usableFromInline let start: Int
+    @usableFromInline let end: Int
+
+    // free_area[order].free_list[mt] as head and tail frame indices, and free_area[order].nr_free.
+    @usableFromInline let heads: UnsafeMutablePointer<UInt32>
+    @usableFromInline let tails: UnsafeMutablePointer<UInt32>
+    @usableFromInline let nrFree: UnsafeMutablePointer<Int>
+
+    /// `NR_FREE_PAGES`: pages on every free list but the isolate ones.
+    @usableFromInline var freePages = 0
+    /// `NR_FREE_CMA_PAGES`: pages on the CMA free lists.
+    @usableFromInline var freeCMAPages = 0
+    /// Pages taken off the free lists by `isolateFreePage` and not yet put back.
+    @usableFromInline var isolatedPages = 0
+    /// Pages in allocated blocks.
+    @usableFromInline var allocatedPages = 0
+    /// Frames whose memory the host has discarded (see ``LockedZone/markDiscarded(frame:order:)``).
+    @usableFromInline var discardedPages = 0
+    /// Pageblocks currently marked `isolate` (the kernel's `has_isolate_pageblock`).
+    @usableFromInline var isolatePageblocks = 0
+    @usableFromInline var watermarks: Watermarks
+
+    init(
+        index: Int,
+        layout: ZoneLayout,
+        table: FrameTable,
+        pageblockMigratetypes: UnsafeMutablePointer<UInt8>,
+        orderCount: Int,
+        pageblockOrder: Int,
+        watermarks: Watermarks
+    ) {
+        self.index = index
+        self.name = layout.name
+        self.frames = layout.frames
+        self.start = layout.frames.lowerBound
+        self.end = layout.frames.upperBound
+        self.table = table
+        self.pageblockMigratetypes = pageblockMigratetypes
+        self.orderCount = orderCount
+        self.pageblockOrder = pageblockOrder
+        self.watermarks = watermarks
+        let lists = orderCount * Migratetype.count
+        self.heads = .allocate(capacity: lists)
+        self.heads.initialize(repeating: FrameTable.none, count: lists)
+        self.tails = .allocate(capacity: lists)
+        self.tails.initialize(repeating: FrameTable.none, count: lists)
+        self.nrFree = .allocate(capacity: orderCount)
+        self.nrFree.initialize(repeating: 0, count: orderCount)
+    }
+
+    deinit {
+        self.heads.deallocate()
+        self.tails.deallocate()
+        self.nrFree.deallocate()
+    }
+
+    /// Runs `body` with the zone lock held and a view that may change the zone.
+    ///
+    /// The view is only valid inside `body`. Never call back into the ``BuddyAllocator`` from
+    /// `body` (the lock is not recursive) and never wait in it for anything that may itself need
+    /// the lock.
+    @inlinable
+    public func withLock<Result, Failure: Error>(
+        _ body: (LockedZone) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try self.lockHeld { () throws(Failure) -> Result in try body(LockedZone(zone: self)) }
+    }
+
+    @usableFromInline
+    func lockHeld<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        self.lock._unsafeLock()
+        defer { self.lock._unsafeUnlock() }
+        return try body()
+    }
+
+    /// A snapshot of the zone's counters, taken under the lock.
+    public var statistics: ZoneStatistics {
+        self.lockHeld { self.statisticsLocked() }
+    }
+
+    func statisticsLocked() -> ZoneStatistics {
+        var perOrder = [Int](repeating: 0, count: self.orderCount)
+        for order in 0..<self.orderCount { perOrder[order] = self.nrFree[order] }
+        return ZoneStatistics(
+            name: self.name,
+            frames: self.frames,
+            freePages: self.freePages,
+            freeCMAPages: self.freeCMAPages,
+            isolatedPages: self.isolatedPages,
+            allocatedPages: self.allocatedPages,
+            discardedPages: self.discardedPages,
+            nrFree: perOrder,
+            watermarks: self.watermarks
+        )
+    }
+
+    // MARK: Pageblocks
+
+    @inlinable @inline(__always)
+    func pageblockMigratetype(_ frame: Int) -> Migratetype {
+        Migratetype(rawValue: self.pageblockMigratetypes[frame >> self.pageblockOrder])!
+    }
+
+    @inlinable @inline(__always)
+    func setPageblockMigratetype(_ frame: Int, _ migratetype: Migratetype) {
+        let block = frame >> self.pageblockOrder
+        let old = Migratetype(rawValue: self.pageblockMigratetypes[block])!
+        if old == .isolate { self.isolatePageblocks -= 1 }
+        if migratetype == .isolate { self.isolatePageblocks += 1 }
+        self.pageblockMigratetypes[block] = migratetype.rawValue
+    }
+
+    // MARK: Free lists
+
+    @inlinable @inline(__always)
+    func listIndex(_ order: Int, _ migratetype: Migratetype) -> Int {
+        order &* Migratetype.count &+ Int(migratetype.rawValue)
+    }
+
+    @inlinable @inline(__always)
+    func head(_ order: Int, _ migratetype: Migratetype) -> Int? {
+        let head = self.heads[self.listIndex(order, migratetype)]
+        return head == FrameTable.none ? nil : Int(head)
+    }
+
+    @inlinable @inline(__always)
+    func isListEmpty(_ order: Int, _ migratetype: Migratetype) -> Bool {
+        self.heads[self.listIndex(order, migratetype)] == FrameTable.none
+    }
+
+    /// `page_is_buddy`: the frame heads a free block of exactly this order in this zone.
+    @inlinable @inline(__always)
+    func isBuddy(_ frame: Int, order: Int) -> Bool {
+        frame >= self.start && frame < self.end && self.table.state(frame) == .buddy
+            && Int(self.table.order[frame]) == order
+    }
+
+    @inlinable @inline(__always)
+    func account(_ order: Int, _ migratetype: Migratetype, _ sign: Int) {
+        self.nrFree[order] &+= sign
+        let pages = sign &* (1 &<< order)
+        if migratetype != .isolate { self.freePages &+= pages }
+        if migratetype == .cma { self.freeCMAPages &+= pages }
+    }
+
+    /// `add_to_free_list` / `add_to_free_list_tail`: makes `frame` a buddy head on the list.
+    @inlinable @inline(__always)
+    func addToFreeList(_ frame: Int, order: Int, migratetype: Migratetype, toTail: Bool) {
+        let table = self.table
+        table.setHead(frame, state: .buddy, order: order, migratetype: migratetype)
+        let list = self.listIndex(order, migratetype)
+        let value = UInt32(truncatingIfNeeded: frame)
+        if toTail {
+            let tail = self.tails[list]
+            table.prev[frame] = tail
+            table.next[frame] = FrameTable.none
+            if tail == FrameTable.none { self.heads[list] = value } else { table.next[Int(tail)] = value }
+            self.tails[list] = value
+        } else {
+            let head = self.heads[list]
+            table.next[frame] = head
+            table.prev[frame] = FrameTable.none
+            if head == FrameTable.none { self.tails[list] = value } else { table.prev[Int(head)] = value }
+            self.heads[list] = value
+        }
+        self.account(order, migratetype, 1)
+    }
+
+    @inlinable @inline(__always)
+    func unlink(_ frame: Int, list: Int) {
+        let table = self.table
+        let prev = table.prev[frame]
+        let next = table.next[frame]
+        if prev == FrameTable.none { self.heads[list] = next } else { table.next[Int(prev)] = next }
+        if next == FrameTable.none { self.tails[list] = prev } else { table.prev[Int(next)] = prev }
+    }
+
+    /// `del_page_from_free_list`: takes a buddy head off its list and clears Reported, so a
+    /// split, merge or allocation never leaves a stale Reported flag behind. The caller gives
+    /// the frame its new state.
+    @inlinable @inline(__always)
+    func deleteFromFreeList(_ frame: Int, order: Int) {
+        let migratetype = self.table.migratetype(frame)
+        self.unlink(frame, list: self.listIndex(order, migratetype))
+        self.table.setTail(frame)
+        self.account(order, migratetype, -1)
+    }
+
+    /// `move_to_free_list`: moves a buddy head to another migratetype's list of the same order.
+    /// Like the kernel's `list_move`, this keeps Reported.
+    func moveToFreeList(_ frame: Int, order: Int, migratetype: Migratetype) {
+        let old = self.table.migratetype(frame)
+        let reported = self.table.isReported(frame)
+        self.unlink(frame, list: self.listIndex(order, old))
+        self.account(order, old, -1)
+        self.addToFreeList(frame, order: order, migratetype: migratetype, toTail: false)
+        if reported { self.table.flags[frame] |= FrameTable.reportedBit }
+    }
+
+    /// `list_rotate_to_front`: makes `frame` the first entry, keeping the cyclic order.
+    func rotateToFront(_ frame: Int, order: Int, migratetype: Migratetype) {
+        let list = self.listIndex(order, migratetype)
+        let value = UInt32(truncatingIfNeeded: frame)
+        let oldHead = self.heads[list]
+        guard oldHead != value, oldHead != FrameTable.none else { return }
+        let table = self.table
+        let oldTail = self.tails[list]
+        let before = table.prev[frame]
+        table.next[Int(oldTail)] = oldHead
+        table.prev[Int(oldHead)] = oldTail
+        table.next[Int(before)] = FrameTable.none
+        self.tails[list] = before
+        table.prev[frame] = FrameTable.none
+        self.heads[list] = value
+    }
+
+    // MARK: Freeing and merging
+
+    /// `__free_one_page`: returns the block to the free lists, merging with free buddies, and
+    /// gives back the order of the block it ended up in (what the kernel passes to
+    /// `page_reporting_notify_free`).
+    @inlinable
+    func freeOne(_ frame: Int, order: Int, migratetype: Migratetype, toTail forceTail: Bool) -> Int {
+        let table = self.table
+        table.setTail(frame)
+        var pfn = frame
+        var order = order
+        let maxMergeOrder = self.orderCount &- 1
+        while order < maxMergeOrder {
+            let buddy = pfn ^ (1 &<< order)
+            guard self.isBuddy(buddy, order: order) else { break }
+            // Never merge a block of an isolated pageblock with one of a normal pageblock: the
+            // isolated one must stay out of the allocator's and the reporter's reach.
+            if order >= self.pageblockOrder && self.isolatePageblocks > 0 {
+                let buddyMigratetype = self.pageblockMigratetype(buddy)
+                if migratetype != buddyMigratetype && (migratetype == .isolate || buddyMigratetype == .isolate) {
+                    break
+                }
+            }
+            self.deleteFromFreeList(buddy, order: order)
+            pfn &= buddy
+            order &+= 1
+        }
+        let toTail = forceTail || self.buddyMergeLikely(pfn, order: order)
+        self.addToFreeList(pfn, order: order, migratetype: migratetype, toTail: toTail)
+        return order
+    }
+
+    /// `buddy_merge_likely`: if the block's buddy one order up is free, the block is likely to
+    /// merge soon, so it goes to the tail where it is less likely to be allocated first.
+    @inlinable @inline(__always)
+    func buddyMergeLikely(_ pfn: Int, order: Int) -> Bool {
+        guard order < self.orderCount &- 2 else { return false }
+        let buddy = pfn ^ (1 &<< order)
+        let combined = buddy & pfn
+        let higherBuddy = combined ^ (1 &<< (order &+ 1))
+        return self.isBuddy(higherBuddy, order: order &+ 1)
+    }
+
+    // MARK: Allocation
+
+    /// `expand`: splits a block of order `high` down to `low`, putting each upper half back.
+    @inlinable @inline(__always)
+    func expand(_ frame: Int, low: Int, high: Int, migratetype: Migratetype) {
+        var high = high
+        while high > low {
+            high &-= 1
+            self.addToFreeList(frame &+ (1 &<< high), order: high, migratetype: migratetype, toTail: false)
+        }
+    }
+
+    /// `__rmqueue_smallest`: the first block of at least `order` on this migratetype's lists.
+    @inlinable
+    func rmqueueSmallest(order: Int, migratetype: Migratetype) -> Int? {
+        var current = order
+        while current < self.orderCount {
+            let head = self.heads[self.listIndex(current, migratetype)]
+            if head != FrameTable.none {
+                let frame = Int(head)
+                self.deleteFromFreeList(frame, order: current)
+                self.expand(frame, low: order, high: current, migratetype: migratetype)
+                return frame
+            }
+            current &+= 1
+        }
+        return nil
+    }
+
+    /// `__rmqueue`: own lists first, CMA for movable allocations, then steal from the fallbacks.
+    @inlinable
+    func rmqueue(order: Int, migratetype: Migratetype) -> Int? {
+        // Balance movable allocations between CMA and normal memory, as the kernel does once more
+        // than half of the free memory is CMA.
+        if migratetype == .movable && self.freeCMAPages > self.freePages / 2,
+            let frame = self.rmqueueSmallest(order: order, migratetype: .cma)
+        {
+            return frame
+        }
+        while true {
+            if let frame = self.rmqueueSmallest(order: order, migratetype: migratetype) { return frame }
+            if migratetype == .movable, let frame = self.rmqueueSmallest(order: order, migratetype: .cma) {
+                return frame
+            }
+            guard self.rmqueueFallback(order: order, startMigratetype: migratetype) else { return nil }
+        }
+    }
+
+    /// Takes a block of `order` for an allocation and marks it allocated; reports discarded frames
+    /// that come back into use to `reuse`.
+    @inlinable
+    func allocateLocked(order: Int, migratetype: Migratetype, reuse: ReuseSink) -> Int? {
+        guard let frame = self.rmqueue(order: order, migratetype: migratetype) else { return nil }
+        self.table.setHead(frame, state: .allocated, order: order, migratetype: migratetype)
+        self.allocatedPages &+= 1 &<< order
+        if self.discardedPages > 0 {
+            self.clearDiscarded(frame, count: 1 &<< order, reuse: reuse)
+        }
+        return frame
+    }
+
+    /// Clears the discarded bit of `count` frames from `frame` and tells `reuse` about each run.
+    @usableFromInline
+    func clearDiscarded(_ frame: Int, count: Int, reuse: ReuseSink) {
+        let flags = self.table.flags
+        var runStart = -1
+        var cleared = 0
+        for index in frame..<(frame + count) {
+            if flags[index] & FrameTable.discardedBit != 0 {
+                flags[index] &= ~FrameTable.discardedBit
+                cleared += 1
+                if runStart < 0 { runStart = index }
+            } else if runStart >= 0 {
+                reuse.reused(first: runStart, count: index - runStart)
+                runStart = -1
+            }
+        }
+        if runStart >= 0 { reuse.reused(first: runStart, count: frame + count - runStart) }
+        self.discardedPages -= cleared
+    }
+
+    /// Frees an allocated block after the caller checked it; returns the merged order.
+    @inlinable
+    func freeLocked(_ frame: Int, order: Int) -> Int {
+        self.allocatedPages &-= 1 &<< order
+        return self.freeOne(frame, order: order, migratetype: self.pageblockMigratetype(frame), toTail: false)
+    }
+
+    // MARK: Watermarks
+
+    /// `zone_watermark_ok` with `ALLOC_CMA`, the only way the reporting engine calls it.
+    @inlinable
+    func watermarkOK(order: Int, mark: Int) -> Bool {
+        let free = self.freePages &- ((1 &<< order) &- 1)
+        guard free > mark else { return false }
+        if order == 0 { return true }
+        for current in order..<self.orderCount {
+            if !self.isListEmpty(current, .unmovable) || !self.isListEmpty(current, .movable)
+                || !self.isListEmpty(current, .reclaimable) || !self.isListEmpty(current, .cma)
+            {
+                return true
+            }
+        }
+        return false
+    }
+}
+
+/// A zone's counters at one moment.
+public struct ZoneStatistics: Sendable, Hashable {
+    public var name: String
+    public var frames: Range<Int>
+    /// `NR_FREE_PAGES`: free pages outside isolated pageblocks.
+    public var freePages: Int
+    /// Free pages in CMA pageblocks.
+    public var freeCMAPages: Int
+    /// Pages isolated by the reporting engine and not yet put back.
+    public var isolatedPages: Int
+    /// Pages in allocated blocks.
+    public var allocatedPages: Int
+    /// Pages the host has discarded.
+    public var discardedPages: Int
+    /// `free_area[order].nr_free` for each order.
+    public var nrFree: [Int]
+    public var watermarks: Watermarks
+}
