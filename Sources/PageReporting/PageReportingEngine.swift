@@ -226,4 +226,6 @@ public struct PageReportingStatistics: Sendable, Hashable {
     public var framesFailed = 0
     /// The last error a report threw, as text.
     public var lastError: String?
+
+    public init() {}
 }

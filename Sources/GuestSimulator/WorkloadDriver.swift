@@ -1,0 +1,182 @@
+import BuddyAllocator
+import PageReporting
+
+/// Runs one of the ``WorkloadKind``s against the allocator in virtual time.
+///
+/// Everything here happens on the thread that advances the ``VirtualClock``, one step at a time,
+/// so the driver's own state needs no lock (hence `@unchecked Sendable`).
+final class WorkloadDriver: @unchecked Sendable {
+    /// Workload steps happen this often.
+    static let tick: Duration = .milliseconds(10)
+
+    private let kind: WorkloadKind
+    private let allocator: BuddyAllocator
+    private let clock: VirtualClock
+    private let totalPages: Int
+    private var random: SeededRandom
+
+    // Blocks held, packed as frame << 8 | order; random frees swap-remove.
+    private var resident: [UInt64] = []
+    private var transient: [UInt64] = []
+    private var transientPages = 0
+    private var residentPages = 0
+
+    private(set) var allocations = 0
+    private(set) var frees = 0
+    private(set) var allocationFailures = 0
+
+    init(kind: WorkloadKind, allocator: BuddyAllocator, clock: VirtualClock, seed: UInt64) {
+        self.kind = kind
+        self.allocator = allocator
+        self.clock = clock
+        self.totalPages = allocator.configuration.frameCount
+        self.random = SeededRandom(seed: seed)
+    }
+
+    /// Boots the workload (its resident set) and schedules its steps up to `end`.
+    func start(until end: Duration) {
+        switch self.kind {
+        case .idle: self.boot(fraction: 0.20)
+        case .churn: self.boot(fraction: 0.30)
+        case .memhog: self.boot(fraction: 0.10)
+        case .fault: self.boot(fraction: 0.10)
+        }
+        guard self.kind != .idle else { return }
+        self.scheduleStep(at: Self.tick, end: end)
+    }
+
+    private func scheduleStep(at time: Duration, end: Duration) {
+        guard time <= end else { return }
+        self.clock.schedule(at: time) { [self] in
+            self.step(at: time)
+            self.scheduleStep(at: time + Self.tick, end: end)
+        }
+    }
+
+    // MARK: Steps
+
+    private func step(at time: Duration) {
+        switch self.kind {
+        case .idle: break
+        case .churn: self.churnStep()
+        case .memhog: self.memhogStep(at: time)
+        case .fault: self.faultStep()
+        }
+    }
+
+    /// A guest at rest: mostly small blocks of all three mobility types, between 30% and 50% of
+    /// memory in use.
+    private func churnStep() {
+        let operations = max(1, self.totalPages / 5000)  // 200 per tick (20k/s) for 4 GiB
+        let low = self.totalPages * 30 / 100
+        let high = self.totalPages * 50 / 100
+        for _ in 0..<operations {
+            let used = self.residentPages + self.transientPages
+            let allocate = used < low ? true : used > high ? false : self.random.chance(0.5)
+            if allocate || self.transient.isEmpty {
+                self.allocate(order: self.smallOrder(), into: .transient)
+            } else {
+                self.freeRandomTransient()
+            }
+        }
+    }
+
+    /// Every 30 s: grab half of memory page by page over 3 s, hold it until 10 s, free it all.
+    private func memhogStep(at time: Duration) {
+        let period = Duration.seconds(30)
+        let phase = time - period * Int(time / period)
+        let target = self.totalPages / 2
+        if phase < .seconds(3) {
+            let perTick = max(1, target / 300)
+            for _ in 0..<perTick where self.transientPages < target {
+                self.allocate(order: 0, migratetype: .movable, into: .transient)
+            }
+        } else if phase >= .seconds(10) && !self.transient.isEmpty {
+            self.freeAllTransient()
+        }
+    }
+
+    /// Faults order-0 pages in at 2.5% of memory a second; at 60% in use, unmaps half at random.
+    private func faultStep() {
+        let perTick = max(1, self.totalPages / 4000)
+        for _ in 0..<perTick {
+            self.allocate(order: 0, migratetype: .movable, into: .transient)
+        }
+        if self.residentPages + self.transientPages >= self.totalPages * 60 / 100 {
+            let half = self.transient.count / 2
+            for _ in 0..<half { self.freeRandomTransient() }
+        }
+    }
+
+    // MARK: Operations
+
+    private enum Pool { case resident, transient }
+
+    private func boot(fraction: Double) {
+        let target = Int(Double(self.totalPages) * fraction)
+        while self.residentPages < target {
+            guard self.allocate(order: self.smallOrder(maximum: 3), into: .resident) else { break }
+        }
+    }
+
+    /// Order 0 half of the time, 1 a quarter, and so on, up to `maximum`.
+    private func smallOrder(maximum: Int = 4) -> Int {
+        var order = 0
+        while order < maximum && self.random.chance(0.5) { order += 1 }
+        return order
+    }
+
+    private func randomMigratetype() -> Migratetype {
+        let roll = self.random.below(100)
+        return roll < 80 ? .movable : roll < 95 ? .unmovable : .reclaimable
+    }
+
+    @discardableResult
+    private func allocate(order: Int, migratetype: Migratetype? = nil, into pool: Pool) -> Bool {
+        let type = migratetype ?? self.randomMigratetype()
+        do {
+            let frame = try self.allocator.allocate(order: order, migratetype: type)
+            self.allocations += 1
+            let packed = UInt64(frame) << 8 | UInt64(order)
+            switch pool {
+            case .resident:
+                self.resident.append(packed)
+                self.residentPages += 1 << order
+            case .transient:
+                self.transient.append(packed)
+                self.transientPages += 1 << order
+            }
+            return true
+        } catch {
+            self.allocationFailures += 1
+            return false
+        }
+    }
+
+    private func freeRandomTransient() {
+        guard !self.transient.isEmpty else { return }
+        let index = self.random.below(self.transient.count)
+        let packed = self.transient[index]
+        self.transient[index] = self.transient[self.transient.count - 1]
+        self.transient.removeLast()
+        self.release(packed)
+    }
+
+    private func freeAllTransient() {
+        for packed in self.transient { self.release(packed) }
+        self.transient.removeAll(keepingCapacity: true)
+    }
+
+    private func release(_ packed: UInt64) {
+        let order = Int(packed & 0xFF)
+        do {
+            try self.allocator.free(frame: Int(packed >> 8), order: order)
+            self.frees += 1
+            self.transientPages -= 1 << order
+        } catch {
+            // The driver only frees what it allocated; anything else is an allocator defect,
+            // which the simulation's final invariant check reports.
+            preconditionFailure("free of a block the workload allocated failed: \(error)")
+        }
+    }
+}
