@@ -35,14 +35,16 @@ public final class BuddyAllocator: Sendable {
         for zone in configuration.zones where zone.frames.lowerBound % (1 << configuration.pageblockOrder) != 0 {
             throw BuddyError(
                 .invalidConfiguration,
-                detail: "zone \(zone.name) must start on a pageblock boundary (\(1 << configuration.pageblockOrder) frames)"
+                detail:
+                    "zone \(zone.name) must start on a pageblock boundary (\(1 << configuration.pageblockOrder) frames)"
             )
         }
         self.configuration = configuration
         self.orderCount = configuration.orderCount
         self.frameCount = configuration.frameCount
         self.table = FrameTable(count: configuration.frameCount)
-        let blockCount = (configuration.frameCount + (1 << configuration.pageblockOrder) - 1) >> configuration.pageblockOrder
+        let blockCount =
+            (configuration.frameCount + (1 << configuration.pageblockOrder) - 1) >> configuration.pageblockOrder
         self.pageblocks = PageblockTable(count: blockCount)
         var zones: [Zone] = []
         for (index, layout) in configuration.zones.enumerated() {
@@ -110,7 +112,9 @@ public final class BuddyAllocator: Sendable {
     /// reporting order, notifies the reporting engine.
     @inlinable
     public func free(frame: Int, order: Int) throws(BuddyError) {
-        guard order >= 0, order < self.orderCount else { throw BuddyError(.orderOutOfRange, frame: frame, order: order) }
+        guard order >= 0, order < self.orderCount else {
+            throw BuddyError(.orderOutOfRange, frame: frame, order: order)
+        }
         guard frame >= 0, frame < self.frameCount, frame &+ (1 &<< order) <= self.frameCount else {
             throw BuddyError(.frameOutOfRange, frame: frame, order: order)
         }
@@ -128,7 +132,12 @@ public final class BuddyAllocator: Sendable {
             }
             let actual = Int(table.order[frame])
             guard actual == order else {
-                throw BuddyError(.wrongOrder, frame: frame, order: order, detail: "block was allocated with order \(actual)")
+                throw BuddyError(
+                    .wrongOrder,
+                    frame: frame,
+                    order: order,
+                    detail: "block was allocated with order \(actual)"
+                )
             }
             return zone.freeLocked(frame, order: order)
         }

@@ -33,7 +33,11 @@ extension Zone {
         var current = self.orderCount - 1
         while current >= order {
             defer { current -= 1 }
-            guard let (candidate, canSteal) = self.findSuitableFallback(order: current, startMigratetype: startMigratetype)
+            guard
+                let (candidate, canSteal) = self.findSuitableFallback(
+                    order: current,
+                    startMigratetype: startMigratetype
+                )
             else { continue }
             // A movable allocation that cannot claim the whole block takes the smallest block that
             // fits instead: it will not cause permanent fragmentation, and it leaves large blocks
@@ -106,10 +110,11 @@ extension Zone {
     func moveFreePagesBlock(_ frame: Int, to migratetype: Migratetype) -> (moved: Int, movable: Int) {
         let blockPages = 1 << self.pageblockOrder
         var start = frame & ~(blockPages - 1)
-        let end = start + blockPages
-        // Do not cross zone boundaries.
+        // Do not cross zone boundaries. The last pageblock of a zone may be partial; its free
+        // blocks must still move, or isolating it would leave them allocatable and undoing it
+        // would leave them on the isolate lists.
+        let end = min(start + blockPages, self.end)
         if start < self.start { start = frame }
-        if end > self.end { return (0, 0) }
         var moved = 0
         var movable = 0
         var pfn = start

@@ -35,6 +35,11 @@ public enum Migratetype: UInt8, CaseIterable, Sendable, CustomStringConvertible 
         }
     }
 
+    /// `migratetype_is_mergeable`: free blocks of pageblocks of these types may merge with each
+    /// other across a pageblock boundary; the others only with pageblocks of their own type.
+    @inlinable
+    var isMergeable: Bool { self.rawValue < Migratetype.highAtomic.rawValue }
+
     public var description: String {
         switch self {
         case .unmovable: return "Unmovable"

@@ -62,7 +62,10 @@ extension Zone {
             }
             for tail in (pfn + 1)..<(pfn + (1 << order)) {
                 if table.state(tail) != .tail || table.isReported(tail) {
-                    return violation("frame_state", "frame \(tail) inside block \(pfn) order \(order) has its own state")
+                    return violation(
+                        "frame_state",
+                        "frame \(tail) inside block \(pfn) order \(order) has its own state"
+                    )
                 }
             }
             switch state {
@@ -70,16 +73,23 @@ extension Zone {
                 let type = table.migratetype(pfn)
                 expectedOnList[self.listIndex(order, type)] += 1
                 if type == .isolate && self.pageblockMigratetype(pfn) != .isolate {
-                    return violation("isolate_list", "free block \(pfn) is on an isolate list outside an isolated pageblock")
+                    return violation(
+                        "isolate_list",
+                        "free block \(pfn) is on an isolate list outside an isolated pageblock"
+                    )
                 }
                 if order < self.orderCount - 1 {
                     let buddy = pfn ^ (1 << order)
                     if self.isBuddy(buddy, order: order) {
+                        let own = self.pageblockMigratetype(pfn)
+                        let other = self.pageblockMigratetype(buddy)
                         let blocked =
-                            order >= self.pageblockOrder
-                            && (self.pageblockMigratetype(pfn) == .isolate) != (self.pageblockMigratetype(buddy) == .isolate)
+                            order >= self.pageblockOrder && own != other && (!own.isMergeable || !other.isMergeable)
                         if !blocked {
-                            return violation("unmerged_buddies", "free blocks \(pfn) and \(buddy) of order \(order) are buddies")
+                            return violation(
+                                "unmerged_buddies",
+                                "free blocks \(pfn) and \(buddy) of order \(order) are buddies"
+                            )
                         }
                     }
                 }
@@ -107,9 +117,13 @@ extension Zone {
                 while cursor != FrameTable.none {
                     let frame = Int(cursor)
                     guard frame >= self.start, frame < self.end else {
-                        return violation("free_list", "\(type) order \(order) list links to frame \(frame) outside the zone")
+                        return violation(
+                            "free_list",
+                            "\(type) order \(order) list links to frame \(frame) outside the zone"
+                        )
                     }
-                    guard table.state(frame) == .buddy, Int(table.order[frame]) == order, table.migratetype(frame) == type
+                    guard table.state(frame) == .buddy, Int(table.order[frame]) == order,
+                        table.migratetype(frame) == type
                     else {
                         return violation(
                             "free_list",
@@ -121,7 +135,10 @@ extension Zone {
                     }
                     count += 1
                     guard count <= expectedOnList[list] else {
-                        return violation("free_list", "\(type) order \(order) list is longer than its free blocks (cycle?)")
+                        return violation(
+                            "free_list",
+                            "\(type) order \(order) list is longer than its free blocks (cycle?)"
+                        )
                     }
                     previous = cursor
                     cursor = table.next[frame]
@@ -140,7 +157,10 @@ extension Zone {
                 if type == .cma { cmaPages += count << order }
             }
             guard self.nrFree[order] == blocksAtOrder else {
-                return violation("nr_free", "order \(order): nr_free \(self.nrFree[order]) but \(blocksAtOrder) free blocks")
+                return violation(
+                    "nr_free",
+                    "order \(order): nr_free \(self.nrFree[order]) but \(blocksAtOrder) free blocks"
+                )
             }
         }
 

@@ -250,11 +250,13 @@ public final class Zone: @unchecked Sendable {
         while order < maxMergeOrder {
             let buddy = pfn ^ (1 &<< order)
             guard self.isBuddy(buddy, order: order) else { break }
-            // Never merge a block of an isolated pageblock with one of a normal pageblock: the
-            // isolated one must stay out of the allocator's and the reporter's reach.
-            if order >= self.pageblockOrder && self.isolatePageblocks > 0 {
+            // Never merge across pageblocks whose types must not mix (the kernel's
+            // `migratetype_is_mergeable`): an isolated pageblock must stay out of the allocator's
+            // and the reporter's reach, and CMA or high-atomic pages must stay on their own lists,
+            // or the free and CMA counts and the fallback rules would cover the wrong pages.
+            if order >= self.pageblockOrder {
                 let buddyMigratetype = self.pageblockMigratetype(buddy)
-                if migratetype != buddyMigratetype && (migratetype == .isolate || buddyMigratetype == .isolate) {
+                if migratetype != buddyMigratetype && (!migratetype.isMergeable || !buddyMigratetype.isMergeable) {
                     break
                 }
             }

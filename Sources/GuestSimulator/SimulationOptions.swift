@@ -28,7 +28,9 @@ public struct SimulationOptions: Sendable, Hashable {
         guard self.memoryBytes >= self.pageSize * 1024, self.memoryBytes % self.pageSize == 0 else {
             throw bad("--memory must be a multiple of the page size and at least 1024 pages")
         }
-        guard self.memoryBytes / self.pageSize < Int(UInt32.max) else { throw bad("--memory is too large for the page size") }
+        guard self.memoryBytes / self.pageSize < Int(UInt32.max) else {
+            throw bad("--memory is too large for the page size")
+        }
         if let order = self.reportOrder, !(0...10).contains(order) { throw bad("--report-order must be in 0...10") }
         guard self.reporting.capacity > 0, self.reporting.capacity <= 4096 else {
             throw bad("--capacity must be in 1...4096")

@@ -50,7 +50,8 @@ public struct SimulationResult: Sendable, Hashable, Codable {
     public var timeline: [TimelinePoint]
 
     enum CodingKeys: String, CodingKey {
-        case workload, seed, invariants, reports, passes, allocations, frees, budget, rotation, device, timeline, capacity
+        case workload, seed, invariants, reports, passes, allocations, frees, budget, rotation, device, timeline,
+            capacity
         case virtualSeconds = "virtual_seconds"
         case totalBytes = "total_bytes"
         case pageSize = "page_size"

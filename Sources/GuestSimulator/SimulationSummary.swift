@@ -48,9 +48,13 @@ extension SimulationResult {
         var index = 0
         while index < self.timeline.count {
             let point = self.timeline[index]
-            let filled = self.totalBytes > 0 ? Int((Double(point.discardedBytes) / Double(self.totalBytes) * Double(barWidth)).rounded()) : 0
+            let filled =
+                self.totalBytes > 0
+                ? Int((Double(point.discardedBytes) / Double(self.totalBytes) * Double(barWidth)).rounded()) : 0
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: barWidth - filled)
-            lines.append("  \(Units.fixed(point.t, 1).leftPadding(7)) s |\(bar)| \(Units.formatBytes(point.discardedBytes))")
+            lines.append(
+                "  \(Units.fixed(point.t, 1).leftPadding(7)) s |\(bar)| \(Units.formatBytes(point.discardedBytes))"
+            )
             index += step
         }
         return lines.joined(separator: "\n")

@@ -84,7 +84,10 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
             throw PageReportingError(.invalidOrder, detail: "reporting order \(order) is not in 0..<\(orders)")
         }
         guard configuration.capacity > 0 else {
-            throw PageReportingError(.invalidCapacity, detail: "capacity must be positive, got \(configuration.capacity)")
+            throw PageReportingError(
+                .invalidCapacity,
+                detail: "capacity must be positive, got \(configuration.capacity)"
+            )
         }
         guard configuration.delay >= .zero else {
             throw PageReportingError(.invalidDelay, detail: "delay must not be negative, got \(configuration.delay)")

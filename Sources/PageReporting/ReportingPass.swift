@@ -49,7 +49,9 @@ extension PageReportingEngine {
                     if failure != nil { return false }
                     cursor = locked.firstFreeBlock(order: order, migratetype: migratetype)
                 } else {
-                    guard let first = locked.firstFreeBlock(order: order, migratetype: migratetype) else { return false }
+                    guard let first = locked.firstFreeBlock(order: order, migratetype: migratetype) else {
+                        return false
+                    }
                     cursor = first
                     // Enough calls for a sixteenth of the list plus one for blocks left over from
                     // the previous list: all of an idle system reported in about 30 seconds.

@@ -33,7 +33,10 @@ public final class DispatchReportingScheduler: ReportingScheduler {
     @discardableResult
     public func schedule(after delay: Duration, _ work: @escaping @Sendable () -> Void) -> any ScheduledWork {
         let handle = DispatchScheduledWork()
-        let nanoseconds = max(0, delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)
+        let nanoseconds = max(
+            0,
+            delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+        )
         self.queue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds))) {
             guard handle.start() else { return }
             work()
@@ -46,7 +49,11 @@ private final class DispatchScheduledWork: ScheduledWork {
     // 0 pending, 1 started, 2 cancelled: whichever of start and cancel comes first wins.
     private let state = Atomic<Int>(0)
 
-    func start() -> Bool { self.state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged }
+    func start() -> Bool {
+        self.state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged
+    }
 
-    func cancel() -> Bool { self.state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).exchanged }
+    func cancel() -> Bool {
+        self.state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).exchanged
+    }
 }

@@ -96,7 +96,11 @@ private final class VirtualScheduledWork: ScheduledWork {
 
     var isCancelled: Bool { self.state.load(ordering: .relaxed) == 2 }
 
-    func start() -> Bool { self.state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged }
+    func start() -> Bool {
+        self.state.compareExchange(expected: 0, desired: 1, ordering: .acquiringAndReleasing).exchanged
+    }
 
-    func cancel() -> Bool { self.state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).exchanged }
+    func cancel() -> Bool {
+        self.state.compareExchange(expected: 0, desired: 2, ordering: .acquiringAndReleasing).exchanged
+    }
 }

@@ -20,7 +20,10 @@ struct SimulateCommand: ParsableCommand {
     @Option(name: .customLong("page-size"), help: "Page size, e.g. 4KiB.", transform: parseBytes)
     var pageSize: Int = 4096
 
-    @Option(help: "Workload: \(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")).", transform: parseWorkload)
+    @Option(
+        help: "Workload: \(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")).",
+        transform: parseWorkload
+    )
     var workload: WorkloadKind = .idle
 
     @Option(help: "Virtual time to simulate, e.g. 120s, 10m.", transform: parseDuration)
@@ -41,19 +44,30 @@ struct SimulateCommand: ParsableCommand {
     @Option(help: "Free list rotation (Linux 5.7): on or off.", transform: parseToggle)
     var rotation: Bool = true
 
-    @Option(name: .customLong("tail-putback"), help: "Put reported blocks back at the list tail (Linux 5.10): on or off.", transform: parseToggle)
+    @Option(
+        name: .customLong("tail-putback"),
+        help: "Put reported blocks back at the list tail (Linux 5.10): on or off.",
+        transform: parseToggle
+    )
     var tailPutback: Bool = true
 
     @Option(help: "Reporting engine: on, or off for a baseline without reporting.", transform: parseToggle)
     var reporting: Bool = true
 
-    @Option(help: "Simulated host: ok, fail, flaky=P, latency=DURATION, or several joined by commas.", transform: parseDevice)
+    @Option(
+        help: "Simulated host: ok, fail, flaky=P, latency=DURATION, or several joined by commas.",
+        transform: parseDevice
+    )
     var device: [DeviceBehaviour] = [.ok]
 
     @Option(help: "Random seed.")
     var seed: UInt64 = 1
 
-    @Option(name: .customLong("sample-interval"), help: "Timeline sampling interval, e.g. 1s.", transform: parseDuration)
+    @Option(
+        name: .customLong("sample-interval"),
+        help: "Timeline sampling interval, e.g. 1s.",
+        transform: parseDuration
+    )
     var sampleInterval: Duration = .seconds(1)
 
     @Flag(help: "Print one JSON object instead of the summary.")
