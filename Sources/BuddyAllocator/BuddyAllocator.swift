@@ -306,6 +306,8 @@ public final class BuddyAllocator: Sendable {
             zone.splitFreeBlock(covering: frame, downTo: zone.pageblockOrder)
             zone.setPageblockMigratetype(frame, .isolate)
             _ = zone.moveFreePagesBlock(frame, to: .isolate)
+            // Next to an isolated pageblock, its free pages now merge with the neighbour's.
+            zone.remergePageblock(frame)
         }
     }
 
@@ -316,6 +318,9 @@ public final class BuddyAllocator: Sendable {
         let zone = self.zone(containing: frame)
         zone.lockHeld {
             guard zone.pageblockMigratetype(frame) == .isolate else { return }
+            // Free pages of neighbouring isolated pageblocks merge with each other; take this
+            // pageblock's share out of such a block, or the neighbour's pages would move too.
+            zone.splitFreeBlock(covering: frame, downTo: zone.pageblockOrder)
             zone.setPageblockMigratetype(frame, migratetype)
             _ = zone.moveFreePagesBlock(frame, to: migratetype)
             zone.remergePageblock(frame)

@@ -38,6 +38,10 @@ extension Zone {
             "putback of frame \(frame) order \(order), which is not an isolated block of that order"
         )
         self.isolatedPages -= 1 << order
+        if order > self.pageblockOrder && self.spansUnmergeablePageblocks(frame, order: order) {
+            _ = self.freeSplitByPageblock(frame, order: order, toTail: toTail)
+            return
+        }
         _ = self.freeOne(frame, order: order, migratetype: migratetype, toTail: toTail)
     }
 
@@ -79,7 +83,8 @@ extension Zone {
     }
 
     /// Re-frees every free block of the pageblock holding `frame`, so blocks held apart while the
-    /// pageblock was isolated merge again.
+    /// pageblock was isolated (or of another type) merge again. A block that merges with nothing
+    /// keeps its Reported flag, as the kernel's `move_freepages_block` keeps it.
     func remergePageblock(_ frame: Int) {
         let blockPages = 1 << self.pageblockOrder
         let start = max(frame & ~(blockPages - 1), self.start)
@@ -89,8 +94,10 @@ extension Zone {
             let order = Int(self.table.order[pfn])
             if self.table.state(pfn) == .buddy {
                 let type = self.table.migratetype(pfn)
+                let reported = self.table.isReported(pfn)
                 self.deleteFromFreeList(pfn, order: order)
-                _ = self.freeOne(pfn, order: order, migratetype: type, toTail: false)
+                let merged = self.freeOne(pfn, order: order, migratetype: type, toTail: false)
+                if reported && merged == order { self.table.flags[pfn] |= FrameTable.reportedBit }
             }
             pfn += self.table.state(pfn) == .tail ? 1 : 1 << order
         }

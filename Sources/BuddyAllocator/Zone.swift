@@ -27,19 +27,45 @@ public final class Zone: @unchecked Sendable {
     @usableFromInline let tails: UnsafeMutablePointer<UInt32>
     @usableFromInline let nrFree: UnsafeMutablePointer<Int>
 
+    // The zone's counters live behind a pointer, not in stored properties: class stored
+    // properties pay for dynamic exclusivity checks on every access, which cost more than the
+    // rest of an order-0 allocation. The zone lock already serialises every access.
+    @usableFromInline let counters: UnsafeMutablePointer<ZoneCounters>
+
     /// `NR_FREE_PAGES`: pages on every free list but the isolate ones.
-    @usableFromInline var freePages = 0
+    @inlinable var freePages: Int {
+        get { self.counters.pointee.freePages }
+        set { self.counters.pointee.freePages = newValue }
+    }
     /// `NR_FREE_CMA_PAGES`: pages on the CMA free lists.
-    @usableFromInline var freeCMAPages = 0
+    @inlinable var freeCMAPages: Int {
+        get { self.counters.pointee.freeCMAPages }
+        set { self.counters.pointee.freeCMAPages = newValue }
+    }
     /// Pages taken off the free lists by `isolateFreePage` and not yet put back.
-    @usableFromInline var isolatedPages = 0
+    @inlinable var isolatedPages: Int {
+        get { self.counters.pointee.isolatedPages }
+        set { self.counters.pointee.isolatedPages = newValue }
+    }
     /// Pages in allocated blocks.
-    @usableFromInline var allocatedPages = 0
+    @inlinable var allocatedPages: Int {
+        get { self.counters.pointee.allocatedPages }
+        set { self.counters.pointee.allocatedPages = newValue }
+    }
     /// Frames whose memory the host has discarded (see ``LockedZone/markDiscarded(frame:order:)``).
-    @usableFromInline var discardedPages = 0
+    @inlinable var discardedPages: Int {
+        get { self.counters.pointee.discardedPages }
+        set { self.counters.pointee.discardedPages = newValue }
+    }
     /// Pageblocks currently marked `isolate` (the kernel's `has_isolate_pageblock`).
-    @usableFromInline var isolatePageblocks = 0
-    @usableFromInline var watermarks: Watermarks
+    @inlinable var isolatePageblocks: Int {
+        get { self.counters.pointee.isolatePageblocks }
+        set { self.counters.pointee.isolatePageblocks = newValue }
+    }
+    @inlinable var watermarks: Watermarks {
+        get { self.counters.pointee.watermarks }
+        set { self.counters.pointee.watermarks = newValue }
+    }
 
     init(
         index: Int,
@@ -59,7 +85,8 @@ public final class Zone: @unchecked Sendable {
         self.pageblockMigratetypes = pageblockMigratetypes
         self.orderCount = orderCount
         self.pageblockOrder = pageblockOrder
-        self.watermarks = watermarks
+        self.counters = .allocate(capacity: 1)
+        self.counters.initialize(to: ZoneCounters(watermarks: watermarks))
         let lists = orderCount * Migratetype.count
         self.heads = .allocate(capacity: lists)
         self.heads.initialize(repeating: FrameTable.none, count: lists)
@@ -70,6 +97,8 @@ public final class Zone: @unchecked Sendable {
     }
 
     deinit {
+        self.counters.deinitialize(count: 1)
+        self.counters.deallocate()
         self.heads.deallocate()
         self.tails.deallocate()
         self.nrFree.deallocate()
@@ -87,7 +116,7 @@ public final class Zone: @unchecked Sendable {
         try self.lockHeld { () throws(Failure) -> Result in try body(LockedZone(zone: self)) }
     }
 
-    @usableFromInline
+    @inlinable
     func lockHeld<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
         self.lock._unsafeLock()
         defer { self.lock._unsafeUnlock() }
@@ -365,7 +394,42 @@ public final class Zone: @unchecked Sendable {
     @inlinable
     func freeLocked(_ frame: Int, order: Int) -> Int {
         self.allocatedPages &-= 1 &<< order
+        if order > self.pageblockOrder && self.spansUnmergeablePageblocks(frame, order: order) {
+            return self.freeSplitByPageblock(frame, order: order, toTail: false)
+        }
         return self.freeOne(frame, order: order, migratetype: self.pageblockMigratetype(frame), toTail: false)
+    }
+
+    /// Whether a block larger than a pageblock spans pageblocks whose free pages must not share a
+    /// list (an isolated, CMA or high-atomic pageblock next to one of another type).
+    @usableFromInline
+    func spansUnmergeablePageblocks(_ frame: Int, order: Int) -> Bool {
+        let first = self.pageblockMigratetype(frame)
+        let end = frame + 1 << order
+        var pfn = frame + 1 << self.pageblockOrder
+        while pfn < end {
+            let type = self.pageblockMigratetype(pfn)
+            if type != first && (!type.isMergeable || !first.isMergeable) { return true }
+            pfn += 1 << self.pageblockOrder
+        }
+        return false
+    }
+
+    /// `split_large_buddy`: frees a block pageblock by pageblock, each with its own pageblock's
+    /// type, so a pageblock isolated (or made CMA or high-atomic) while the block was allocated or
+    /// isolated does not end up on another type's lists, nor the others on its lists. Returns the
+    /// largest order the pieces merged to.
+    @usableFromInline
+    func freeSplitByPageblock(_ frame: Int, order: Int, toTail: Bool) -> Int {
+        var merged = 0
+        let end = frame + 1 << order
+        var pfn = frame
+        while pfn < end {
+            let type = self.pageblockMigratetype(pfn)
+            merged = max(merged, self.freeOne(pfn, order: self.pageblockOrder, migratetype: type, toTail: toTail))
+            pfn += 1 << self.pageblockOrder
+        }
+        return merged
     }
 
     // MARK: Watermarks
@@ -385,6 +449,20 @@ public final class Zone: @unchecked Sendable {
         }
         return false
     }
+}
+
+/// The counters a zone keeps under its lock.
+@usableFromInline
+struct ZoneCounters {
+    @usableFromInline var freePages = 0
+    @usableFromInline var freeCMAPages = 0
+    @usableFromInline var isolatedPages = 0
+    @usableFromInline var allocatedPages = 0
+    @usableFromInline var discardedPages = 0
+    @usableFromInline var isolatePageblocks = 0
+    @usableFromInline var watermarks: Watermarks
+
+    @usableFromInline init(watermarks: Watermarks) { self.watermarks = watermarks }
 }
 
 /// A zone's counters at one moment.
