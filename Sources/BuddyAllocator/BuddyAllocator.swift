@@ -20,7 +20,6 @@ public final class BuddyAllocator: Sendable {
     @usableFromInline let table: FrameTable
     @usableFromInline let orderCount: Int
     @usableFromInline let frameCount: Int
-    @usableFromInline let reuseSink = ReuseSink()
     @usableFromInline let notifyOrder = Atomic<Int>(.max)
     let notifier = Mutex<(any FreeBlockNotifier)?>(nil)
     private let pageblocks: PageblockTable
@@ -98,8 +97,7 @@ public final class BuddyAllocator: Sendable {
         var index = self.zones.count &- 1
         while index >= 0 {
             let zone = self.zones[index]
-            let sink = self.reuseSink
-            if let frame = zone.lockHeld({ zone.allocateLocked(order: order, migratetype: migratetype, reuse: sink) }) {
+            if let frame = zone.lockHeld({ zone.allocateLocked(order: order, migratetype: migratetype) }) {
                 return frame
             }
             index &-= 1
@@ -165,7 +163,9 @@ public final class BuddyAllocator: Sendable {
 
     /// Sets (or clears, with `nil`) the observer told about discarded frames that are reused.
     public func setReuseObserver(_ observer: (any ReuseObserver)?) {
-        self.reuseSink.observer.withLock { $0 = observer }
+        // Each zone keeps its own reference, read under the zone lock it already holds when it
+        // allocates: no second lock on the allocation path.
+        for zone in self.zones { zone.lockHeld { zone.counters.pointee.reuseObserver = observer } }
     }
 
     /// Attaches the one free block notifier (the reporting engine) for frees reaching `order`.
@@ -238,16 +238,9 @@ public final class BuddyAllocator: Sendable {
         for zone in self.zones {
             zone.lockHeld {
                 guard zone.discardedPages > 0 else { return }
-                var runStart = -1
-                for frame in zone.start..<zone.end {
-                    if self.table.isDiscarded(frame) {
-                        if runStart < 0 { runStart = frame }
-                    } else if runStart >= 0 {
-                        ranges.append(runStart..<frame)
-                        runStart = -1
-                    }
+                _ = self.table.discardedRuns(zone.start..<zone.end, clear: false) { first, length in
+                    ranges.append(first..<(first + length))
                 }
-                if runStart >= 0 { ranges.append(runStart..<zone.end) }
             }
         }
         // Merge ranges that touch across a zone boundary.

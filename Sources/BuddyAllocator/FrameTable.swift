@@ -22,11 +22,11 @@ final class FrameTable: @unchecked Sendable {
         case isolated = 3
     }
 
-    // Flags byte layout. The discarded bit is per frame and survives merges and splits, so every
-    // state change masks it in rather than overwriting the byte.
+    // Flags byte layout: state, Reported, migratetype. Whether the host holds a frame discarded
+    // is kept apart, in a bitmap: it is per frame, survives merges and splits, and is set and
+    // cleared a whole block at a time, 64 frames per word operation.
     @usableFromInline static let stateMask: UInt8 = 0b0000_0011
     @usableFromInline static let reportedBit: UInt8 = 0b0000_0100
-    @usableFromInline static let discardedBit: UInt8 = 0b0000_1000
     @usableFromInline static let migratetypeShift: UInt8 = 4
     @usableFromInline static let migratetypeMask: UInt8 = 0b0111_0000
 
@@ -34,9 +34,12 @@ final class FrameTable: @unchecked Sendable {
     @usableFromInline let prev: UnsafeMutablePointer<UInt32>
     @usableFromInline let order: UnsafeMutablePointer<UInt8>
     @usableFromInline let flags: UnsafeMutablePointer<UInt8>
+    /// One bit per frame: the host holds the frame's memory discarded.
+    @usableFromInline let discarded: UnsafeMutablePointer<UInt64>
     @usableFromInline let count: Int
 
     /// Bytes of metadata per frame, for the docs and the benchmark's memory figure.
+    /// (The discarded bitmap adds one bit a frame, rounded down here.)
     static let bytesPerFrame = MemoryLayout<UInt32>.size * 2 + MemoryLayout<UInt8>.size * 2
 
     init(count: Int) {
@@ -45,6 +48,8 @@ final class FrameTable: @unchecked Sendable {
         self.prev = .allocate(capacity: count)
         self.order = .allocate(capacity: count)
         self.flags = .allocate(capacity: count)
+        self.discarded = .allocate(capacity: (count + 63) / 64)
+        self.discarded.initialize(repeating: 0, count: (count + 63) / 64)
         self.next.initialize(repeating: FrameTable.none, count: count)
         self.prev.initialize(repeating: FrameTable.none, count: count)
         self.order.initialize(repeating: 0, count: count)
@@ -56,6 +61,7 @@ final class FrameTable: @unchecked Sendable {
         self.prev.deallocate()
         self.order.deallocate()
         self.flags.deallocate()
+        self.discarded.deallocate()
     }
 
     @inlinable @inline(__always)
@@ -63,20 +69,18 @@ final class FrameTable: @unchecked Sendable {
         State(rawValue: self.flags[frame] & FrameTable.stateMask)!
     }
 
-    /// Sets the state of a head frame and the migratetype it carries; keeps the discarded bit and
-    /// clears Reported (only `setReported` sets it, and only on a buddy).
+    /// Sets the state of a head frame and the migratetype it carries; clears Reported (only
+    /// `setReported` sets it, and only on a buddy).
     @inlinable @inline(__always)
     func setHead(_ frame: Int, state: State, order: Int, migratetype: Migratetype) {
-        self.flags[frame] =
-            (self.flags[frame] & FrameTable.discardedBit) | state.rawValue
-            | (migratetype.rawValue << FrameTable.migratetypeShift)
+        self.flags[frame] = state.rawValue | (migratetype.rawValue << FrameTable.migratetypeShift)
         self.order[frame] = UInt8(truncatingIfNeeded: order)
     }
 
-    /// Turns a former head into a tail frame (after a merge); keeps the discarded bit.
+    /// Turns a former head into a tail frame (after a merge).
     @inlinable @inline(__always)
     func setTail(_ frame: Int) {
-        self.flags[frame] &= FrameTable.discardedBit
+        self.flags[frame] = 0
         self.order[frame] = 0
     }
 
@@ -89,5 +93,69 @@ final class FrameTable: @unchecked Sendable {
     func isReported(_ frame: Int) -> Bool { self.flags[frame] & FrameTable.reportedBit != 0 }
 
     @inlinable @inline(__always)
-    func isDiscarded(_ frame: Int) -> Bool { self.flags[frame] & FrameTable.discardedBit != 0 }
+    func isDiscarded(_ frame: Int) -> Bool { self.discarded[frame &>> 6] & (1 &<< UInt64(frame & 63)) != 0 }
+
+    /// Sets the discarded bits of `range`; returns how many were not set before.
+    func setDiscarded(_ range: Range<Int>) -> Int {
+        var newlySet = 0
+        self.forEachWord(of: range) { word, mask in
+            newlySet += (mask & ~self.discarded[word]).nonzeroBitCount
+            self.discarded[word] |= mask
+        }
+        return newlySet
+    }
+
+    /// Number of discarded frames in `range`.
+    func discardedCount(_ range: Range<Int>) -> Int {
+        var count = 0
+        self.forEachWord(of: range) { word, mask in count += (self.discarded[word] & mask).nonzeroBitCount }
+        return count
+    }
+
+    /// Calls `run` with each maximal run of discarded frames in `range`, in order (first frame,
+    /// length), clearing the bits if `clear` is set; returns how many frames the runs hold.
+    @usableFromInline
+    func discardedRuns(_ range: Range<Int>, clear: Bool, _ run: (Int, Int) -> Void) -> Int {
+        var cleared = 0
+        var runStart = -1
+        var runEnd = -1
+        self.forEachWord(of: range) { word, mask in
+            var bits = self.discarded[word] & mask
+            if clear { self.discarded[word] &= ~mask }
+            cleared += bits.nonzeroBitCount
+            let base = word << 6
+            while bits != 0 {
+                let zeros = bits.trailingZeroBitCount
+                let ones = (~(bits >> UInt64(zeros))).trailingZeroBitCount
+                let start = base + zeros
+                if runStart >= 0 && runEnd == start {
+                    runEnd = start + ones  // continues a run from the previous word
+                } else {
+                    if runStart >= 0 { run(runStart, runEnd - runStart) }
+                    runStart = start
+                    runEnd = start + ones
+                }
+                bits = zeros + ones >= 64 ? 0 : bits & (UInt64.max << UInt64(zeros + ones))
+            }
+        }
+        if runStart >= 0 { run(runStart, runEnd - runStart) }
+        return cleared
+    }
+
+    /// Calls `body` with each word of the bitmap `range` touches and the mask of its bits in it.
+    @inline(__always)
+    func forEachWord(of range: Range<Int>, _ body: (Int, UInt64) -> Void) {
+        guard !range.isEmpty else { return }
+        let firstWord = range.lowerBound >> 6
+        let lastWord = (range.upperBound - 1) >> 6
+        for word in firstWord...lastWord {
+            var mask = UInt64.max
+            if word == firstWord { mask &= UInt64.max << UInt64(range.lowerBound & 63) }
+            if word == lastWord {
+                let end = range.upperBound & 63
+                if end != 0 { mask &= (1 << UInt64(end)) - 1 }
+            }
+            body(word, mask)
+        }
+    }
 }

@@ -48,12 +48,7 @@ extension Zone {
     /// Sets the discarded bit on every frame of a block; returns how many were newly set.
     @discardableResult
     func markDiscarded(_ frame: Int, order: Int) -> Int {
-        let flags = self.table.flags
-        var newlySet = 0
-        for index in frame..<(frame + 1 << order) where flags[index] & FrameTable.discardedBit == 0 {
-            flags[index] |= FrameTable.discardedBit
-            newlySet += 1
-        }
+        let newlySet = self.table.setDiscarded(frame..<(frame + 1 << order))
         self.discardedPages += newlySet
         return newlySet
     }

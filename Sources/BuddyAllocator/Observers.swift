@@ -1,5 +1,3 @@
-import Synchronization
-
 /// Told when frames whose memory the host had discarded are allocated again.
 ///
 /// Called with the zone lock held, from whatever thread allocates: keep it short, never call
@@ -15,19 +13,4 @@ public protocol ReuseObserver: AnyObject, Sendable {
 public protocol FreeBlockNotifier: AnyObject, Sendable {
     /// A free produced a free block of `order` (after merging).
     func blockFreed(order: Int)
-}
-
-/// Where allocations send reuse notifications; reads the observer only when a discarded frame
-/// is actually allocated, so the common path costs nothing.
-@usableFromInline
-final class ReuseSink: Sendable {
-    let observer = Mutex<(any ReuseObserver)?>(nil)
-
-    init() {}
-
-    @usableFromInline
-    func reused(first: Int, count: Int) {
-        let observer = self.observer.withLock { $0 }
-        observer?.framesReused(first: first, count: count)
-    }
 }

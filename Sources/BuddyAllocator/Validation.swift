@@ -100,7 +100,7 @@ extension Zone {
             case .tail:
                 break
             }
-            for frame in pfn..<(pfn + (1 << order)) where table.isDiscarded(frame) { discarded += 1 }
+            discarded += table.discardedCount(pfn..<(pfn + (1 << order)))
             pfn += 1 << order
         }
 

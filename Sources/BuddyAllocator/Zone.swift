@@ -360,34 +360,39 @@ public final class Zone: @unchecked Sendable {
     /// Takes a block of `order` for an allocation and marks it allocated; reports discarded frames
     /// that come back into use to `reuse`.
     @inlinable
-    func allocateLocked(order: Int, migratetype: Migratetype, reuse: ReuseSink) -> Int? {
+    func allocateLocked(order: Int, migratetype: Migratetype) -> Int? {
         guard let frame = self.rmqueue(order: order, migratetype: migratetype) else { return nil }
         self.table.setHead(frame, state: .allocated, order: order, migratetype: migratetype)
         self.allocatedPages &+= 1 &<< order
         if self.discardedPages > 0 {
-            self.clearDiscarded(frame, count: 1 &<< order, reuse: reuse)
+            self.clearDiscarded(frame, count: 1 &<< order)
         }
         return frame
     }
 
-    /// Clears the discarded bit of `count` frames from `frame` and tells `reuse` about each run.
-    @usableFromInline
-    func clearDiscarded(_ frame: Int, count: Int, reuse: ReuseSink) {
-        let flags = self.table.flags
-        var runStart = -1
-        var cleared = 0
-        for index in frame..<(frame + count) {
-            if flags[index] & FrameTable.discardedBit != 0 {
-                flags[index] &= ~FrameTable.discardedBit
-                cleared += 1
-                if runStart < 0 { runStart = index }
-            } else if runStart >= 0 {
-                reuse.reused(first: runStart, count: index - runStart)
-                runStart = -1
+    /// Clears the discarded bits of `count` frames from `frame` (a block) and tells the reuse
+    /// observer about each run.
+    @inlinable
+    func clearDiscarded(_ frame: Int, count: Int) {
+        let table = self.table
+        if count <= 64 {
+            // An aligned block of up to 64 frames lies in one bitmap word.
+            let word = frame &>> 6
+            let mask = (count == 64 ? UInt64.max : (1 &<< UInt64(count)) &- 1) &<< UInt64(frame & 63)
+            let bits = table.discarded[word] & mask
+            guard bits != 0 else { return }
+            if bits == mask {
+                table.discarded[word] &= ~mask
+                self.discardedPages &-= count
+                self.counters.pointee.reuseObserver?.framesReused(first: frame, count: count)
+                return
             }
         }
-        if runStart >= 0 { reuse.reused(first: runStart, count: frame + count - runStart) }
-        self.discardedPages -= cleared
+        let observer = self.counters.pointee.reuseObserver
+        let cleared = table.discardedRuns(frame..<(frame + count), clear: true) { first, length in
+            observer?.framesReused(first: first, count: length)
+        }
+        self.discardedPages &-= cleared
     }
 
     /// Frees an allocated block after the caller checked it; returns the merged order.
@@ -461,6 +466,8 @@ struct ZoneCounters {
     @usableFromInline var discardedPages = 0
     @usableFromInline var isolatePageblocks = 0
     @usableFromInline var watermarks: Watermarks
+    /// Told about discarded frames that are allocated again; set on every zone at once.
+    @usableFromInline var reuseObserver: (any ReuseObserver)?
 
     @usableFromInline init(watermarks: Watermarks) { self.watermarks = watermarks }
 }
