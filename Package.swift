@@ -9,15 +9,29 @@ let package = Package(
         .library(name: "PageReporting", targets: ["PageReporting"]),
         .library(name: "GuestSimulator", targets: ["GuestSimulator"]),
         .executable(name: "pagebroker-agent", targets: ["pagebroker-agent"]),
+        .library(name: "BrokerProtocol", targets: ["BrokerProtocol"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // MARK: Guest engine
         .target(name: "BuddyAllocator"),
         .target(name: "PageReporting", dependencies: ["BuddyAllocator"]),
         .target(name: "GuestSimulator", dependencies: ["BuddyAllocator", "PageReporting"]),
+
+        // MARK: Wire protocol
+        .target(
+            name: "BrokerProtocol",
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        // libFuzzer entry point for the frame decoder; also a crash reproducer when built without the fuzzer.
+        .executableTarget(name: "FrameDecoderFuzzer", dependencies: ["BrokerProtocol"]),
 
         // MARK: Executables
         .executableTarget(
@@ -32,6 +46,15 @@ let package = Package(
         .testTarget(name: "BuddyAllocatorTests", dependencies: ["BuddyAllocator"]),
         .testTarget(name: "PageReportingTests", dependencies: ["PageReporting", "BuddyAllocator"]),
         .testTarget(name: "GuestSimulatorTests", dependencies: ["GuestSimulator"]),
+        .testTarget(
+            name: "BrokerProtocolTests",
+            dependencies: [
+                "BrokerProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

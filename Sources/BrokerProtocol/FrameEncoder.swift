@@ -1,0 +1,43 @@
+import NIOCore
+
+/// Writes outbound `Frame`s as a 4-byte big-endian length and the serialized
+/// message. Wrap it in a `MessageToByteHandler`.
+///
+/// A frame larger than the limit fails its write with
+/// ``FrameError/Code/frameTooLarge`` instead of being sent: the peer would
+/// refuse it and close the session.
+public struct FrameEncoder: MessageToByteEncoder {
+    public typealias OutboundIn = Pagebroker_V1_Frame
+
+    /// The limit in force, shared with the connection's ``FrameDecoder``.
+    public let limit: FrameSizeLimit
+
+    /// Creates an encoder checking frames against `limit`.
+    public init(limit: FrameSizeLimit) {
+        self.limit = limit
+    }
+
+    public func encode(data: Pagebroker_V1_Frame, out: inout ByteBuffer) throws {
+        try Self.write(data, into: &out, maxFrameSize: self.limit.maxFrameSize)
+    }
+
+    /// Appends `frame`, length prefix first, to `buffer`: the framing without a
+    /// channel, for the benchmark, the fuzzer and non-NIO clients.
+    ///
+    /// - Throws: ``FrameError/Code/frameTooLarge`` if the serialized frame is
+    ///   longer than `maxFrameSize`; `buffer` is then unchanged.
+    public static func write(_ frame: Pagebroker_V1_Frame, into buffer: inout ByteBuffer, maxFrameSize: Int) throws {
+        // One allocation: SwiftProtobuf sizes the message, then serializes into an
+        // exactly sized array that we copy behind the prefix.
+        let body: [UInt8] = try frame.serializedBytes()
+        guard body.count <= maxFrameSize else {
+            throw FrameError(code: .frameTooLarge, frameLength: body.count, maxFrameSize: maxFrameSize)
+        }
+        buffer.reserveCapacity(minimumWritableBytes: WireProtocol.lengthPrefixSize + body.count)
+        buffer.writeInteger(UInt32(body.count), endianness: .big)
+        buffer.writeBytes(body)
+    }
+}
+
+@available(*, unavailable)
+extension FrameEncoder: Sendable {}
