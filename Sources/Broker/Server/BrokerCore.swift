@@ -1,0 +1,312 @@
+import BrokerProtocol
+import Synchronization
+
+/// Something the broker can tell to end a session from outside its event loop.
+public protocol SessionControl: AnyObject, Sendable {
+    /// A newer session of the same guest took over: say goodbye and close.
+    func replaced()
+    /// The broker is stopping: fail new reports with `shutting_down`, then say goodbye.
+    func shutdown()
+}
+
+/// The broker's shared state: who is connected, the ledger, tenant policies and rate limits.
+///
+/// Every session's event loop calls in here; one lock guards it all, held for the few
+/// microseconds an update takes (the ledger's updates are O(log n)).
+public final class BrokerCore: AdminBackend, Sendable {
+    /// How a hello was answered.
+    public enum Admission: Sendable, Equatable {
+        case admitted(sessionID: String)
+        case refused(code: Pagebroker_V1_ReasonCode, message: String)
+    }
+
+    /// How long a guest of a paused tenant is told to wait before reporting again.
+    public static let pausedRetryAfterMilliseconds: UInt32 = 5_000
+
+    private struct GuestKey: Hashable {
+        var tenant: String
+        var guest: String
+    }
+
+    private struct SessionEntry {
+        var sessionID: String
+        var control: any SessionControl
+    }
+
+    private struct State {
+        var ledger = Ledger()
+        var policies: PolicySet
+        var buckets: [String: TokenBucket] = [:]
+        var sessions: [GuestKey: SessionEntry] = [:]
+        var nextSession: UInt64 = 0
+        var shuttingDown = false
+        var listening: [String] = []
+        var handshakeFailures: [String: Int] = [:]
+    }
+
+    public let version: String
+    private let state: Mutex<State>
+    private let clock: @Sendable () -> Duration
+    private let started: Duration
+
+    /// - Parameters:
+    ///   - policies: tenant policies from the configuration.
+    ///   - clock: monotonic time; injectable so rate limits can be tested in virtual time.
+    public init(
+        policies: PolicySet,
+        version: String = "pagebrokerd 0.1",
+        clock: @escaping @Sendable () -> Duration = { ContinuousClock.now - BrokerCore.epoch }
+    ) {
+        var state = State(policies: policies)
+        for tenant in policies.tenants.keys { state.ledger.addTenant(tenant) }
+        self.state = Mutex(state)
+        self.version = version
+        self.clock = clock
+        self.started = clock()
+    }
+
+    /// The origin of the default clock.
+    public static let epoch = ContinuousClock.now
+
+    /// Now, on the core's clock.
+    public var now: Duration { self.clock() }
+
+    // MARK: Configuration
+
+    /// Replaces the tenant policies (on reload). Rate limits restart full; sessions stay.
+    public func updatePolicies(_ policies: PolicySet) {
+        self.state.withLock { state in
+            state.policies = policies
+            state.buckets = [:]
+            for tenant in policies.tenants.keys { state.ledger.addTenant(tenant) }
+        }
+    }
+
+    /// The addresses the broker listens on, for `status`.
+    public func setListening(_ addresses: [String]) {
+        self.state.withLock { $0.listening = addresses }
+    }
+
+    /// Whether guests of `tenant` may connect at all: checked during the TLS handshake, so an
+    /// unknown tenant's handshake is refused with a logged reason.
+    public func admitsTenant(_ tenant: String) -> Bool {
+        self.state.withLock { $0.policies.policy(for: tenant) != nil }
+    }
+
+    /// Counts a refused handshake under `reason` (a stable code name).
+    public func recordHandshakeFailure(reason: String) {
+        self.state.withLock { $0.handshakeFailures[reason, default: 0] += 1 }
+    }
+
+    /// Refused handshakes by reason.
+    public var handshakeFailures: [String: Int] { self.state.withLock { $0.handshakeFailures } }
+
+    // MARK: Sessions
+
+    /// A guest said hello: admit it (replacing an older session of the same guest, which is told
+    /// to go) or refuse it.
+    public func admit(_ identity: GuestIdentity, geometry: GuestGeometry, control: any SessionControl) -> Admission {
+        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
+        let outcome: (Admission, (any SessionControl)?) = self.state.withLock { state in
+            guard !state.shuttingDown else {
+                return (.refused(code: .shuttingDown, message: "broker is shutting down"), nil)
+            }
+            guard let policy = state.policies.policy(for: identity.tenant) else {
+                return (.refused(code: .protocolViolation, message: "tenant \(identity.tenant) is not configured"), nil)
+            }
+            if let limit = policy.maxGuests {
+                let connected = state.sessions.keys.count { $0.tenant == identity.tenant && $0 != key }
+                if connected >= limit {
+                    return (
+                        .refused(
+                            code: .rateLimited,
+                            message: "tenant \(identity.tenant) already has its maximum of \(limit) guests connected"
+                        ), nil
+                    )
+                }
+            }
+            do {
+                try state.ledger.connect(
+                    tenant: identity.tenant,
+                    guest: identity.guest,
+                    pageSize: Int(geometry.pageSize)
+                )
+            } catch {
+                return (.refused(code: .backendFailed, message: "\(error)"), nil)
+            }
+            state.nextSession += 1
+            let sessionID = "s\(state.nextSession)-\(UInt32.random(in: .min ... .max))"
+            let previous = state.sessions[key]?.control
+            state.sessions[key] = SessionEntry(sessionID: sessionID, control: control)
+            return (.admitted(sessionID: sessionID), previous)
+        }
+        // Tell the replaced session outside the lock: it hops to its own event loop.
+        outcome.1?.replaced()
+        return outcome.0
+    }
+
+    /// A session ended. Only the guest's current session may disconnect it: a session that was
+    /// replaced must not take its successor's guest offline.
+    public func disconnect(_ identity: GuestIdentity, sessionID: String) {
+        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
+        self.state.withLock { state in
+            guard state.sessions[key]?.sessionID == sessionID else { return }
+            state.sessions[key] = nil
+            try? state.ledger.disconnect(tenant: identity.tenant, guest: identity.guest)
+        }
+    }
+
+    /// Accounts a validated report: tenant pause, rate limit, then the ledger.
+    public func account(
+        _ identity: GuestIdentity,
+        blocks: [ReportedBlock]
+    ) -> (reason: Pagebroker_V1_ReasonCode, retryAfterMilliseconds: UInt32, message: String) {
+        let now = self.clock()
+        return self.state.withLock { state in
+            let tenant = identity.tenant
+            func failed(
+                _ reason: Pagebroker_V1_ReasonCode,
+                _ retry: UInt32,
+                _ message: String
+            ) -> (Pagebroker_V1_ReasonCode, UInt32, String) {
+                state.ledger.recordReportFailure(tenant: tenant, reason: reason.code)
+                return (reason, retry, message)
+            }
+            if state.shuttingDown { return failed(.shuttingDown, 0, "broker is shutting down") }
+            guard let policy = state.policies.policy(for: tenant) else {
+                return failed(
+                    .tenantPaused,
+                    Self.pausedRetryAfterMilliseconds,
+                    "tenant \(tenant) is no longer configured"
+                )
+            }
+            if policy.paused {
+                return failed(.tenantPaused, Self.pausedRetryAfterMilliseconds, "tenant \(tenant) is paused")
+            }
+            if let rate = policy.maxReportsPerSecond {
+                var bucket =
+                    state.buckets[tenant]
+                    ?? TokenBucket(
+                        rate: rate,
+                        capacity: Double(policy.burst ?? max(1, Int(rate.rounded(.up)))),
+                        now: now
+                    )
+                let decision = bucket.take(now: now)
+                state.buckets[tenant] = bucket
+                if case .limited(let retryAfter) = decision {
+                    let milliseconds =
+                        retryAfter.components.seconds * 1000 + retryAfter.components.attoseconds / 1_000_000_000_000_000
+                    return failed(
+                        .rateLimited,
+                        UInt32(clamping: max(1, milliseconds)),
+                        "tenant \(tenant) is over \(rate) reports/s"
+                    )
+                }
+            }
+            do {
+                _ = try state.ledger.report(
+                    tenant: tenant,
+                    guest: identity.guest,
+                    ranges: blocks.lazy.map { $0.frame..<($0.frame + (1 << $0.order)) }
+                )
+                return (.ok, 0, "")
+            } catch {
+                return failed(.backendFailed, 1000, "\(error)")
+            }
+        }
+    }
+
+    /// Counts a report the session state machine refused before accounting.
+    public func recordRefusedReport(_ identity: GuestIdentity, reason: Pagebroker_V1_ReasonCode) {
+        self.state.withLock { $0.ledger.recordReportFailure(tenant: identity.tenant, reason: reason.code) }
+    }
+
+    /// Frames the guest took back.
+    public func reuse(_ identity: GuestIdentity, ranges: [FrameRange]) throws(LedgerError) {
+        try self.state.withLock { (state) throws(LedgerError) in
+            _ = try state.ledger.reuse(
+                tenant: identity.tenant,
+                guest: identity.guest,
+                ranges: ranges.lazy.map { $0.firstFrame..<($0.firstFrame + $0.count) }
+            )
+        }
+    }
+
+    /// A sync chunk: chunk 0 starts a new record, `final` replaces the old one with it.
+    public func sync(_ identity: GuestIdentity, chunk: UInt32, ranges: [FrameRange], final: Bool) throws(LedgerError) {
+        try self.state.withLock { (state) throws(LedgerError) in
+            if chunk == 0 { try state.ledger.beginSync(tenant: identity.tenant, guest: identity.guest) }
+            try state.ledger.appendSync(
+                tenant: identity.tenant,
+                guest: identity.guest,
+                ranges: ranges.lazy.map { $0.firstFrame..<($0.firstFrame + $0.count) }
+            )
+            if final { try state.ledger.finishSync(tenant: identity.tenant, guest: identity.guest) }
+        }
+    }
+
+    /// Stops admitting guests and returns the sessions to wind down.
+    public func beginShutdown() -> [any SessionControl] {
+        self.state.withLock { state in
+            state.shuttingDown = true
+            return state.sessions.values.map(\.control)
+        }
+    }
+
+    /// Sessions currently registered.
+    public var sessionCount: Int { self.state.withLock { $0.sessions.count } }
+
+    /// The ledger's invariants (for tests): empty when consistent.
+    public func checkInvariants() -> [String] { self.state.withLock { $0.ledger.checkInvariants() } }
+
+    // MARK: AdminBackend
+
+    public func status() -> BrokerStatus {
+        let uptime = self.clock() - self.started
+        return self.state.withLock { state in
+            let totals = state.ledger.totals
+            let tenants = state.ledger.tenants()
+            return BrokerStatus(
+                version: self.version,
+                uptimeSeconds: Double(uptime.components.seconds) + Double(uptime.components.attoseconds) / 1e18,
+                listening: state.listening,
+                tenants: totals.tenants,
+                guests: totals.guests,
+                guestsConnected: totals.guestsConnected,
+                sessions: state.sessions.count,
+                reclaimableBytes: totals.reclaimableBytes,
+                reportsOK: tenants.reduce(0) { $0 + $1.reportsOK },
+                reportsFailed: tenants.reduce(0) { $0 + $1.reportsFailed },
+                shuttingDown: state.shuttingDown
+            )
+        }
+    }
+
+    public func tenants() -> [TenantSnapshot] {
+        self.state.withLock { $0.ledger.tenants() }.sorted { $0.tenant < $1.tenant }
+    }
+
+    public func guests(tenant: String?) -> [GuestSnapshot] {
+        self.state.withLock { $0.ledger.guests(tenant: tenant) }.sorted {
+            ($0.tenant, $0.guest) < ($1.tenant, $1.guest)
+        }
+    }
+
+    public func setPaused(tenant: String, paused: Bool) throws(AdminError) {
+        try self.state.withLock { (state) throws(AdminError) in
+            guard
+                var policy = state.policies.tenants[tenant]
+                    ?? (state.ledger.tenant(tenant) != nil ? state.policies.defaultPolicy : nil)
+            else {
+                throw AdminError(.unknownTenant, "no tenant \(tenant)")
+            }
+            policy.paused = paused
+            state.policies.tenants[tenant] = policy
+        }
+    }
+
+    /// Whether a tenant is paused now.
+    public func isPaused(tenant: String) -> Bool {
+        self.state.withLock { $0.policies.policy(for: tenant)?.paused ?? false }
+    }
+}

@@ -1,0 +1,169 @@
+import BrokerProtocol
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import TLSTransport
+
+/// Where and how the broker listens for guests.
+public struct BrokerServerConfiguration: Sendable {
+    /// Host and port to bind (port 0 lets the OS pick; see ``BrokerServer/localAddress``).
+    public var host: String
+    public var port: Int
+    /// PEM paths for the broker's certificate chain and key, and the CA bundle guests' client
+    /// certificates must chain to.
+    public var certificateChainPath: String
+    public var privateKeyPath: String
+    public var clientCAPath: String
+    /// The SPIFFE trust domain guests' IDs must belong to.
+    public var trustDomain: String
+    public var session: SessionConfiguration
+    /// How long a TLS handshake may take.
+    public var handshakeTimeout: Duration = .seconds(10)
+
+    public init(
+        host: String,
+        port: Int,
+        certificateChainPath: String,
+        privateKeyPath: String,
+        clientCAPath: String,
+        trustDomain: String,
+        session: SessionConfiguration = SessionConfiguration()
+    ) {
+        self.host = host
+        self.port = port
+        self.certificateChainPath = certificateChainPath
+        self.privateKeyPath = privateKeyPath
+        self.clientCAPath = clientCAPath
+        self.trustDomain = trustDomain
+        self.session = session
+    }
+}
+
+/// The guest listener: mutual TLS, framing, one ``SessionHandler`` per connection, all sharing
+/// one ``BrokerCore``.
+public final class BrokerServer: Sendable {
+    public let configuration: BrokerServerConfiguration
+    public let core: BrokerCore
+    private let tls: ReloadableTLSContext
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let channel = Mutex<(any Channel)?>(nil)
+
+    /// Loads the TLS material (failing early, with the file at fault named) and prepares the
+    /// listener; ``start()`` binds it.
+    public init(
+        configuration: BrokerServerConfiguration,
+        core: BrokerCore,
+        group: any EventLoopGroup,
+        logger: Logger
+    ) throws(TLSError) {
+        self.configuration = configuration
+        self.core = core
+        self.group = group
+        self.logger = logger
+        self.tls = try ReloadableTLSContext(
+            configuration: Self.tlsConfiguration(configuration, core: core, logger: logger)
+        )
+    }
+
+    /// The TLS configuration: mutual TLS, and a peer validator that refuses, during the
+    /// handshake, any certificate whose SPIFFE ID is malformed, of another trust domain, or of a
+    /// tenant the broker does not admit.
+    static func tlsConfiguration(
+        _ configuration: BrokerServerConfiguration,
+        core: BrokerCore,
+        logger: Logger
+    ) -> TLSConfiguration {
+        let trustDomain = configuration.trustDomain
+        return TLSConfiguration(
+            role: .server,
+            certificateChainPath: configuration.certificateChainPath,
+            privateKeyPath: configuration.privateKeyPath,
+            caBundlePath: configuration.clientCAPath,
+            peerVerification: .requireCertificateWithURISAN,
+            handshakeTimeout: configuration.handshakeTimeout,
+            peerValidator: { certificate in
+                do throws(IdentityError) {
+                    let identity = try GuestIdentity.fromURISANs(certificate.uriSANs, trustDomain: trustDomain)
+                    guard core.admitsTenant(identity.tenant) else {
+                        core.recordHandshakeFailure(reason: "unknown_tenant")
+                        logger.notice(
+                            "refusing handshake: tenant \(identity.tenant) is not configured",
+                            metadata: ["spiffe_id": "\(identity)"]
+                        )
+                        return TLSError(code: .peerRejected, reason: "tenant \(identity.tenant) is not configured")
+                    }
+                    return nil
+                } catch {
+                    core.recordHandshakeFailure(reason: error.code.description)
+                    logger.notice("refusing handshake: \(error)", metadata: ["subject": "\(certificate.subject)"])
+                    return TLSError(code: .peerRejected, reason: error.description)
+                }
+            }
+        )
+    }
+
+    /// Reloads the certificate, key and CA bundle from their paths: new connections use them,
+    /// sessions already up keep theirs. On failure the old ones stay in force.
+    public func reloadTLS() throws(TLSError) {
+        _ = try self.tls.reload()
+    }
+
+    /// Binds the listener (or adopts `socket`, an already-listening file descriptor handed over
+    /// by systemd) and starts accepting guests.
+    public func start(adopting socket: CInt? = nil) async throws -> SocketAddress {
+        let bootstrap = ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [tls, core, configuration, logger] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let limit = FrameSizeLimit()
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(TLSTransport.serverHandler(context: tls.current))
+                    try sync.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
+                    try sync.addHandler(MessageToByteHandler(FrameEncoder(limit: limit)))
+                    try sync.addHandler(
+                        SessionHandler(
+                            core: core,
+                            configuration: configuration.session,
+                            trustDomain: configuration.trustDomain,
+                            limit: limit,
+                            logger: logger
+                        )
+                    )
+                }
+            }
+        let channel: any Channel
+        if let socket {
+            channel = try await bootstrap.withBoundSocket(socket).get()
+        } else {
+            channel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port).get()
+        }
+        self.channel.withLock { $0 = channel }
+        guard let address = channel.localAddress else { throw ChannelError.inappropriateOperationForState }
+        self.logger.info(
+            "listening for guests",
+            metadata: ["address": "\(address)", "trust_domain": "\(self.configuration.trustDomain)"]
+        )
+        return address
+    }
+
+    /// The bound address, once started.
+    public var localAddress: SocketAddress? { self.channel.withLock { $0?.localAddress } }
+
+    /// Stops accepting, tells every session the broker is shutting down, and waits (at most
+    /// `drainTimeout`) for them to go.
+    public func stop(drainTimeout: Duration) async {
+        if let channel = self.channel.withLock({ $0 }) {
+            try? await channel.close()
+        }
+        let sessions = self.core.beginShutdown()
+        for session in sessions { session.shutdown() }
+        let deadline = ContinuousClock.now + drainTimeout
+        while self.core.sessionCount > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}

@@ -1,0 +1,225 @@
+import BrokerProtocol
+import Logging
+import NIOCore
+import TLSTransport
+
+/// The channel handler of one guest session: feeds frames and clock ticks to a
+/// ``SessionStateMachine`` and performs the actions it returns against the ``BrokerCore``.
+///
+/// Pipeline: `TLSHandler` → `FrameDecoder` / `FrameEncoder` (sharing ``limit``) → this.
+final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Pagebroker_V1_Frame
+    typealias OutboundOut = Pagebroker_V1_Frame
+
+    private let core: BrokerCore
+    private let trustDomain: String
+    private let limit: FrameSizeLimit
+    private var logger: Logger
+    private var machine: SessionStateMachine
+    private var identity: GuestIdentity?
+    private var sessionID: String?
+    private var context: ChannelHandlerContext?
+    private var timer: RepeatedTask?
+    private var control: Control?
+
+    init(
+        core: BrokerCore,
+        configuration: SessionConfiguration,
+        trustDomain: String,
+        limit: FrameSizeLimit,
+        logger: Logger
+    ) {
+        self.core = core
+        self.trustDomain = trustDomain
+        self.limit = limit
+        self.logger = logger
+        self.machine = SessionStateMachine(configuration: configuration, now: core.now)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.logger[metadataKey: "peer"] = "\(context.remoteAddress.map { "\($0)" } ?? "unknown")"
+        self.control = Control(handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+        // Ticks often enough for the handshake timeout and heartbeats to fire close to on time.
+        let interval = min(self.machine.configuration.heartbeatInterval / 4, .seconds(1))
+        let tick = TimeAmount.nanoseconds(
+            max(
+                1_000_000,
+                interval.components.seconds * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000
+            )
+        )
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.timer = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
+            let handler = loopBound.value
+            handler.perform(handler.machine.tick(now: handler.core.now))
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
+        self.context = nil
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted(let info) = event as? TLSEvent {
+            do {
+                let identity = try GuestIdentity.fromURISANs(
+                    info.peerCertificate?.uriSANs ?? [],
+                    trustDomain: self.trustDomain
+                )
+                self.identity = identity
+                self.logger[metadataKey: "guest"] = "\(identity.tenant)/\(identity.guest)"
+                self.logger.debug(
+                    "TLS handshake complete",
+                    metadata: ["tls": "\(info.protocolVersion) \(info.cipherSuite)"]
+                )
+            } catch {
+                // The handshake's validator checks the same; this is the belt to its braces.
+                self.core.recordHandshakeFailure(reason: error.code.description)
+                self.logger.notice("refusing guest: \(error)")
+                context.close(promise: nil)
+                return
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        guard self.identity != nil else {
+            context.close(promise: nil)
+            return
+        }
+        self.perform(self.machine.receive(frame, now: self.core.now))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
+        if let identity = self.identity, let sessionID = self.sessionID {
+            self.core.disconnect(identity, sessionID: sessionID)
+            self.logger.info("session ended", metadata: ["session": "\(sessionID)"])
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch error {
+        case let frameError as FrameError:
+            self.logger.notice("bad frame from guest: \(frameError)")
+            self.perform(self.machine.fail(frameError.reasonCode ?? .protocolViolation, frameError.description))
+        case let tlsError as TLSError:
+            if tlsError.code != .connectionClosed && tlsError.code != .uncleanShutdown {
+                self.core.recordHandshakeFailure(reason: tlsError.code.name)
+                self.logger.notice("TLS: \(tlsError)")
+            }
+            context.close(promise: nil)
+        default:
+            self.logger.notice("closing session after error: \(error)")
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Actions
+
+    fileprivate func perform(_ action: SessionStateMachine.Action) {
+        guard let context = self.context else { return }
+        switch action {
+        case .none:
+            break
+        case .send(let frame):
+            if case .reportResult(let result) = frame.body, result.reason != .ok, let identity = self.identity {
+                self.core.recordRefusedReport(identity, reason: result.reason)
+            }
+            context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+        case .sendAndClose(let frame):
+            if case .error(let error) = frame.body {
+                self.logger.notice("session error \(error.code.stableName): \(error.message)")
+            }
+            let channel = context.channel
+            context.writeAndFlush(self.wrapOutboundOut(frame)).whenComplete { _ in channel.close(promise: nil) }
+        case .close(let reason):
+            self.logger.info("closing session: \(reason)")
+            context.close(promise: nil)
+        case .admit(let geometry):
+            guard let identity = self.identity, let control = self.control else { return }
+            switch self.core.admit(identity, geometry: geometry, control: control) {
+            case .admitted(let sessionID):
+                self.sessionID = sessionID
+                self.logger[metadataKey: "session"] = "\(sessionID)"
+                self.logger.info(
+                    "guest admitted",
+                    metadata: [
+                        "pages": "\(geometry.totalPages)", "page_size": "\(geometry.pageSize)",
+                        "agent": "\(geometry.agentVersion)",
+                    ]
+                )
+                self.perform(
+                    self.machine.admitted(
+                        sessionID: sessionID,
+                        tenant: identity.tenant,
+                        guest: identity.guest,
+                        now: self.core.now
+                    )
+                )
+                // The ServerHello went out under the old limit; everything after uses the new one.
+                self.limit.maxFrameSize = Int(self.machine.maxFrameSize)
+            case .refused(let code, let message):
+                self.logger.notice("guest refused: \(message)")
+                self.perform(self.machine.refused(code: code, message: message))
+            }
+        case .account(let seq, let blocks):
+            guard let identity = self.identity else { return }
+            let outcome = self.core.account(identity, blocks: blocks)
+            self.perform(
+                self.machine.reportAccounted(
+                    seq: seq,
+                    reason: outcome.reason,
+                    retryAfterMilliseconds: outcome.retryAfterMilliseconds,
+                    message: outcome.message,
+                    now: self.core.now
+                )
+            )
+        case .reuse(let ranges):
+            guard let identity = self.identity else { return }
+            do {
+                try self.core.reuse(identity, ranges: ranges)
+            } catch {
+                self.perform(self.machine.fail(.backendFailed, "reuse: \(error)"))
+            }
+        case .sync(let chunk, let ranges, let final):
+            guard let identity = self.identity else { return }
+            do {
+                try self.core.sync(identity, chunk: chunk, ranges: ranges, final: final)
+            } catch {
+                self.perform(self.machine.fail(.backendFailed, "sync: \(error)"))
+            }
+        }
+    }
+
+    /// Lets the ``BrokerCore`` end this session from any thread.
+    final class Control: SessionControl {
+        private let handler: NIOLoopBound<SessionHandler>
+
+        init(handler: NIOLoopBound<SessionHandler>) { self.handler = handler }
+
+        func replaced() {
+            let handler = self.handler
+            handler.eventLoop.execute {
+                handler.value.logger.info("replaced by a newer session of the same guest")
+                handler.value.perform(handler.value.machine.replaced())
+            }
+        }
+
+        func shutdown() {
+            let handler = self.handler
+            handler.eventLoop.execute {
+                // Every report received so far has been answered (they are accounted as they
+                // arrive), so the goodbye can follow at once.
+                handler.value.machine.beginShutdown()
+                handler.value.perform(handler.value.machine.finishShutdown())
+            }
+        }
+    }
+}

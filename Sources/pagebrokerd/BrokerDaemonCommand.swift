@@ -1,0 +1,176 @@
+import ArgumentParser
+import Broker
+import Foundation
+import Logging
+
+/// `pagebrokerd`: the host-side broker for free page reporting.
+@main
+struct BrokerDaemonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pagebrokerd",
+        abstract: "Host-side memory broker for free page reporting.",
+        discussion: """
+            Guests connect over mutual TLS; each is authenticated to a tenant by the SPIFFE ID in its
+            client certificate (spiffe://<trust-domain>/tenant/<tenant>/guest/<guest>). Flags override
+            the configuration file (docs/configuration.md).
+
+            --dev makes a throwaway PKI, listens on loopback and prints the commands to start guests.
+
+            Exit codes: 0 stopped cleanly, 1 failed to start or run, 2 bad flags or configuration.
+            """
+    )
+
+    @Option(help: "Configuration file (YAML).")
+    var config: String?
+
+    @Option(help: "Guest listener, HOST:PORT (port 0: any free port).")
+    var listen: String?
+
+    @Option(name: .customLong("tls-cert"), help: "Broker certificate chain (PEM).")
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: "Broker private key (PEM).")
+    var tlsKey: String?
+
+    @Option(name: .customLong("client-ca"), help: "CA bundle that guests' client certificates must chain to (PEM).")
+    var clientCA: String?
+
+    @Option(name: .customLong("trust-domain"), help: "SPIFFE trust domain of the guests.")
+    var trustDomain: String?
+
+    @Option(name: .customLong("admin-socket"), help: "Admin Unix socket path.")
+    var adminSocket: String?
+
+    @Flag(help: "Development mode: throwaway PKI, loopback, any tenant admitted, instructions printed.")
+    var dev = false
+
+    @Option(
+        name: .customLong("dev-dir"),
+        help: "Directory for --dev's PKI and admin socket (default: a new temporary directory)."
+    )
+    var devDirectory: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    static func main() async {
+        do {
+            var command = try Self.parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if Self.exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((Self.fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            Self.exit(withError: error)
+        }
+    }
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: self.logLevel) else {
+            throw ValidationError(
+                "--log-level '\(self.logLevel)' is not one of trace, debug, info, notice, warning, error, critical"
+            )
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var configuration: BrokerConfiguration
+        do {
+            configuration =
+                try self.config.map { path throws(ConfigError) in try BrokerConfiguration.load(path: path) }
+                ?? BrokerConfiguration()
+        } catch {
+            throw ValidationError("\(self.config ?? ""): \(error)")
+        }
+        var devPKI: DevPKI?
+        if self.dev {
+            devPKI = try self.prepareDev(&configuration)
+        }
+        if let listen = self.listen { configuration.listen = listen }
+        if let value = self.tlsCert { configuration.certificate = value }
+        if let value = self.tlsKey { configuration.key = value }
+        if let value = self.clientCA { configuration.clientCA = value }
+        if let value = self.trustDomain { configuration.trustDomain = value }
+        if let value = self.adminSocket { configuration.adminSocket = value }
+        guard BrokerConfiguration.splitHostPort(configuration.listen) != nil else {
+            throw ValidationError("--listen '\(configuration.listen)' is not HOST:PORT")
+        }
+        for (name, value) in [
+            ("--tls-cert (tls.certificate)", configuration.certificate), ("--tls-key (tls.key)", configuration.key),
+            ("--client-ca (tls.client_ca)", configuration.clientCA),
+            ("--trust-domain (trust_domain)", configuration.trustDomain),
+        ] where value == nil {
+            throw ValidationError("\(name) is required (or use --dev)")
+        }
+        let daemon = Daemon(configuration: configuration, logger: Logger(label: "pagebrokerd"))
+        try await daemon.run { address in
+            if let devPKI { self.printDevInstructions(devPKI, address: address, configuration: configuration) }
+        }
+    }
+
+    private func prepareDev(_ configuration: inout BrokerConfiguration) throws -> DevPKI {
+        let directory: String
+        if let devDirectory = self.devDirectory {
+            directory = devDirectory
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } else {
+            directory =
+                FileManager.default.temporaryDirectory.appendingPathComponent(
+                    "pagebrokerd-dev-\(UInt32.random(in: .min ... .max))"
+                ).path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let pki = DevPKI(directory: directory, trustDomain: "dev.pagebroker.test")
+        try pki.makeAuthority()
+        for tenant in ["tenant-a", "tenant-b"] {
+            for guest in ["guest-1", "guest-2"] { try pki.makeGuest(tenant: tenant, guest: guest) }
+        }
+        configuration.listen = "127.0.0.1:0"
+        configuration.certificate = pki.brokerCertificate
+        configuration.key = pki.brokerKey
+        configuration.clientCA = pki.caCertificate
+        configuration.trustDomain = pki.trustDomain
+        configuration.adminSocket = "\(directory)/admin.sock"
+        configuration.allowedUIDs.append(getuid())
+        if configuration.policies.defaultPolicy == nil { configuration.policies.defaultPolicy = TenantPolicy() }
+        return pki
+    }
+
+    private func printDevInstructions(_ pki: DevPKI, address: String, configuration: BrokerConfiguration) {
+        var lines = [
+            "pagebrokerd is running in development mode.",
+            "  guests:        \(address) (mutual TLS, trust domain \(pki.trustDomain))",
+            "  PKI and admin: \(pki.directory)",
+            "",
+            "Start guests (each in its own terminal, or with & at the end):",
+        ]
+        for (tenant, guest, workload) in [
+            ("tenant-a", "guest-1", "churn"), ("tenant-a", "guest-2", "idle"), ("tenant-b", "guest-1", "memhog"),
+            ("tenant-b", "guest-2", "fault"),
+        ] {
+            lines.append(
+                "  pagebroker-agent run --broker \(address) --ca \(pki.caCertificate) "
+                    + "--cert \(pki.guestCertificate(tenant: tenant, guest: guest)) --key \(pki.guestKey(tenant: tenant, guest: guest)) "
+                    + "--memory 1GiB --workload \(workload) --duration 60s"
+            )
+        }
+        lines += [
+            "",
+            "Watch the broker:",
+            "  pagebrokerctl --socket \(configuration.adminSocket) tenants",
+            "  pagebrokerctl --socket \(configuration.adminSocket) guests",
+            "",
+            "Stop with Ctrl-C (SIGINT) or SIGTERM.",
+        ]
+        // Straight to the descriptor: tests and scripts read it through a pipe, where print's
+        // buffering would hold it back.
+        FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    }
+}

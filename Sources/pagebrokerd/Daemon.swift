@@ -1,0 +1,63 @@
+import Broker
+import Logging
+import NIOCore
+import NIOPosix
+import UnixSignals
+
+/// The running broker: event loops, the guest listener, the admin socket, and signals.
+struct Daemon {
+    let configuration: BrokerConfiguration
+    let logger: Logger
+
+    /// Starts everything, calls `ready` with the guest listener's address, and runs until
+    /// SIGTERM or SIGINT, then shuts down within the configured timeout.
+    func run(ready: (String) -> Void) async throws {
+        guard let (host, port) = BrokerConfiguration.splitHostPort(self.configuration.listen),
+            let certificate = self.configuration.certificate, let key = self.configuration.key,
+            let clientCA = self.configuration.clientCA, let trustDomain = self.configuration.trustDomain
+        else {
+            preconditionFailure("configuration was checked by the command")
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let core = BrokerCore(policies: self.configuration.policies)
+        var serverConfiguration = BrokerServerConfiguration(
+            host: host,
+            port: port,
+            certificateChainPath: certificate,
+            privateKeyPath: key,
+            clientCAPath: clientCA,
+            trustDomain: trustDomain,
+            session: self.configuration.session
+        )
+        serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
+        let server = try BrokerServer(configuration: serverConfiguration, core: core, group: group, logger: self.logger)
+        let address = try await server.start()
+        let shown = Self.describe(address)
+        core.setListening([shown])
+        ready(shown)
+
+        let signal = await Self.waitForTermination()
+        self.logger.info(
+            "received \(signal), shutting down",
+            metadata: ["timeout": "\(self.configuration.shutdownTimeout)"]
+        )
+        await server.stop(drainTimeout: self.configuration.shutdownTimeout)
+        try await group.shutdownGracefully()
+        self.logger.info("stopped")
+    }
+
+    static func describe(_ address: SocketAddress) -> String {
+        switch address {
+        case .v6: return "[\(address.ipAddress ?? "::")]:\(address.port ?? 0)"
+        default: return "\(address.ipAddress ?? "0.0.0.0"):\(address.port ?? 0)"
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT; returns its name.
+    static func waitForTermination() async -> String {
+        for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+            return "\(signal)"
+        }
+        return "end of signals"
+    }
+}
