@@ -27,6 +27,17 @@ public struct FrameEncoder: MessageToByteEncoder {
     /// - Throws: ``FrameError/Code/frameTooLarge`` if the serialized frame is
     ///   longer than `maxFrameSize`; `buffer` is then unchanged.
     public static func write(_ frame: Pagebroker_V1_Frame, into buffer: inout ByteBuffer, maxFrameSize: Int) throws {
+        if try ReportFrameCodec.write(frame, into: &buffer, maxFrameSize: maxFrameSize) { return }
+        try self.writeWithSwiftProtobuf(frame, into: &buffer, maxFrameSize: maxFrameSize)
+    }
+
+    /// ``write(_:into:maxFrameSize:)`` without the report fast path: the
+    /// reference the fast path is checked against.
+    package static func writeWithSwiftProtobuf(
+        _ frame: Pagebroker_V1_Frame,
+        into buffer: inout ByteBuffer,
+        maxFrameSize: Int
+    ) throws {
         // One allocation: SwiftProtobuf sizes the message, then serializes into an
         // exactly sized array that we copy behind the prefix.
         let body: [UInt8] = try frame.serializedBytes()

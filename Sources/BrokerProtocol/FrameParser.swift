@@ -74,6 +74,13 @@ public struct FrameParser: Sendable, Hashable {
     /// to a message are ignorable by design, and keeping them would let a peer
     /// make us hold arbitrary bytes per frame.
     public static func decodeBody(_ body: RawSpan) throws(FrameError) -> Pagebroker_V1_Frame {
+        if let report = ReportFrameCodec.decode(body) { return report }
+        return try self.decodeBodyWithSwiftProtobuf(body)
+    }
+
+    /// ``decodeBody(_:)`` without the report fast path: the reference the fast
+    /// path is checked against.
+    package static func decodeBodyWithSwiftProtobuf(_ body: RawSpan) throws(FrameError) -> Pagebroker_V1_Frame {
         let frame: Pagebroker_V1_Frame
         do {
             frame = try Pagebroker_V1_Frame(serializedBytes: body, options: Self.decodingOptions)

@@ -44,8 +44,20 @@ struct FrameDecoderFuzzCase {
             fatalError("incremental decoding disagrees: \(whole) vs \(incremental)")
         }
         for frame in whole.frames {
-            Self.checkReencodes(frame, within: self.parser.maxFrameSize)
+            Self.checkReencodes(frame)
             Self.touchRanges(frame)
+        }
+        self.checkReportFastPathAgrees()
+    }
+
+    /// The whole stream read as one frame body must decode the same with and
+    /// without the hand-written report path: same frame, or same error.
+    private func checkReportFastPathAgrees() {
+        let body = self.stream.span.bytes
+        let fast = Result { () throws(FrameError) in try FrameParser.decodeBody(body) }
+        let reference = Result { () throws(FrameError) in try FrameParser.decodeBodyWithSwiftProtobuf(body) }
+        guard fast == reference else {
+            fatalError("report fast path disagrees with SwiftProtobuf: \(fast) vs \(reference)")
         }
     }
 
@@ -97,10 +109,19 @@ struct FrameDecoderFuzzCase {
         return outcome
     }
 
-    private static func checkReencodes(_ frame: Pagebroker_V1_Frame, within maxFrameSize: Int) {
+    private static func checkReencodes(_ frame: Pagebroker_V1_Frame) {
         var buffer = ByteBuffer()
+        var reference = ByteBuffer()
         do {
             try FrameEncoder.write(frame, into: &buffer, maxFrameSize: Int(WireProtocol.maximumMaxFrameSize))
+            try FrameEncoder.writeWithSwiftProtobuf(
+                frame,
+                into: &reference,
+                maxFrameSize: Int(WireProtocol.maximumMaxFrameSize)
+            )
+            guard buffer == reference else {
+                fatalError("report fast path encodes differently from SwiftProtobuf: \(frame)")
+            }
             let parser = FrameParser(maxFrameSize: Int(WireProtocol.maximumMaxFrameSize))
             guard let (again, consumed) = try parser.parse(buffer.readableBytesSpan) else {
                 fatalError("re-encoded frame does not decode completely")

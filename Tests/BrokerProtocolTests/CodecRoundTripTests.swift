@@ -1,4 +1,5 @@
 import BrokerProtocol
+import NIOCore
 import Testing
 
 @Suite("Codec round trip")
@@ -42,5 +43,83 @@ struct CodecRoundTripTests {
             try framed(report, maxFrameSize: size - 1)
         }
         #expect(try framed(report, maxFrameSize: size).count == size + 4)
+    }
+}
+
+/// The hand-written report path must be indistinguishable from SwiftProtobuf's.
+@Suite("Report fast path")
+struct ReportFastPathTests {
+    static func reports() -> [Pagebroker_V1_Frame] {
+        var generator = SystemRandomNumberGenerator()
+        var frames: [Pagebroker_V1_Frame] = []
+        // Edge values for every varint length, then random mixtures.
+        let edges: [UInt64] = [0, 1, 127, 128, 16_383, 16_384, 1 << 35, UInt64.max >> 1, UInt64.max]
+        for seq in edges {
+            var frame = Pagebroker_V1_Frame()
+            frame.report = Pagebroker_V1_Report(seq: seq)
+            for value in edges { frame.report.blocks.append(value) }
+            frames.append(frame)
+        }
+        var empty = Pagebroker_V1_Frame()
+        empty.report = Pagebroker_V1_Report()
+        frames.append(empty)
+        for _ in 0..<200 {
+            var frame = Pagebroker_V1_Frame()
+            frame.report = Pagebroker_V1_Report(seq: UInt64.random(in: 0...UInt64.max, using: &generator))
+            for _ in 0..<Int.random(in: 0...64, using: &generator) {
+                let bits = UInt64.random(in: 0...64, using: &generator)
+                frame.report.blocks.append(UInt64.random(in: 0...UInt64.max, using: &generator) >> (64 - bits))
+            }
+            frames.append(frame)
+        }
+        return frames
+    }
+
+    @Test("report frames encode to SwiftProtobuf's exact bytes and decode back")
+    func matchesSwiftProtobuf() throws {
+        for frame in Self.reports() {
+            var fast = ByteBuffer()
+            var reference = ByteBuffer()
+            try FrameEncoder.write(frame, into: &fast, maxFrameSize: 1 << 20)
+            try FrameEncoder.writeWithSwiftProtobuf(frame, into: &reference, maxFrameSize: 1 << 20)
+            #expect(fast == reference)
+            let body = Array(fast.readableBytesView.dropFirst(4))
+            #expect(try FrameParser.decodeBody(body.span.bytes) == frame)
+            #expect(try FrameParser.decodeBodyWithSwiftProtobuf(body.span.bytes) == frame)
+        }
+    }
+
+    @Test("the fast encoder enforces the limit like the generic one")
+    func fastPathLimit() throws {
+        let frame = Self.reports()[0]
+        let size = try framed(frame).count - 4
+        var buffer = ByteBuffer()
+        let error = #expect(throws: FrameError.self) {
+            try FrameEncoder.write(frame, into: &buffer, maxFrameSize: size - 1)
+        }
+        #expect(error == FrameError(code: .frameTooLarge, frameLength: size, maxFrameSize: size - 1))
+        #expect(buffer.readableBytes == 0)
+    }
+
+    @Test("odd report encodings go to SwiftProtobuf and mean the same")
+    func unusualEncodingsAgree() throws {
+        let bodies: [[UInt8]] = [
+            [0x1A, 0x04, 0x12, 0x00, 0x08, 0x05],  // fields out of order
+            [0x1A, 0x06, 0x08, 0x01, 0x08, 0x02, 0x12, 0x00],  // seq twice: last wins
+            [0x1A, 0x06, 0x12, 0x01, 0x01, 0x12, 0x01, 0x02],  // blocks in two packed runs
+            [0x1A, 0x02, 0x10, 0x07],  // blocks unpacked
+            [0x1A, 0x03, 0x88, 0x00, 0x01],  // overlong tag for seq
+            [0x1A, 0x03, 0x08, 0x81, 0x00],  // overlong varint value
+            [0x1A, 0x02, 0x08, 0x01, 0x78, 0x01],  // unknown Frame field after the report
+            [0x1A, 0x04, 0x08, 0x01, 0x78, 0x01],  // unknown Report field
+            [0x1A, 0x00, 0x1A, 0x02, 0x08, 0x09],  // report twice: merged
+        ]
+        for body in bodies {
+            let fast = Result { () throws(FrameError) in try FrameParser.decodeBody(body.span.bytes) }
+            let reference = Result { () throws(FrameError) in
+                try FrameParser.decodeBodyWithSwiftProtobuf(body.span.bytes)
+            }
+            #expect(fast == reference, "body \(Hex.encode(body))")
+        }
     }
 }
