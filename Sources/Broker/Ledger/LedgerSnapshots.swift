@@ -1,0 +1,87 @@
+/// One tenant's figures at a moment, for the admin API.
+public struct TenantSnapshot: Hashable, Sendable, Codable {
+    public var tenant: String
+    /// Guests the ledger knows, connected or not.
+    public var guests: Int
+    public var guestsConnected: Int
+    public var reclaimableBytes: Int
+    public var reportsOK: Int
+    /// Reports refused, whatever the reason.
+    public var reportsFailed: Int
+    /// Reports refused, by the protocol's numeric reason code.
+    public var reportsFailedByReason: [Int: Int]
+    public var bytesReported: Int
+    public var bytesReused: Int
+
+    public init(_ tenant: TenantLedger) {
+        self.tenant = tenant.tenant
+        self.guests = tenant.guests
+        self.guestsConnected = tenant.guestsConnected
+        self.reclaimableBytes = tenant.reclaimableBytes
+        self.reportsOK = tenant.counters.reportsOK
+        self.reportsFailed = tenant.counters.reportsFailed
+        self.reportsFailedByReason = tenant.counters.reportsFailedByReason
+        self.bytesReported = tenant.counters.bytesReported
+        self.bytesReused = tenant.counters.bytesReused
+    }
+
+    // The admin API's JSON names (`pagebrokerctl tenants --json`).
+    enum CodingKeys: String, CodingKey {
+        case tenant
+        case guests
+        case guestsConnected = "guests_connected"
+        case reclaimableBytes = "reclaimable_bytes"
+        case reportsOK = "reports_ok"
+        case reportsFailed = "reports_failed"
+        case reportsFailedByReason = "reports_failed_by_reason"
+        case bytesReported = "bytes_reported"
+        case bytesReused = "bytes_reused"
+    }
+}
+
+/// One guest's figures at a moment, for the admin API.
+public struct GuestSnapshot: Hashable, Sendable, Codable {
+    public var guest: String
+    public var tenant: String
+    public var connected: Bool
+    public var reclaimableBytes: Int
+    /// Discarded frames.
+    public var frames: Int
+    /// Disjoint ranges the discarded frames form: what the ledger's memory for the guest scales with.
+    public var ranges: Int
+    public var pageSize: Int
+    public var syncing: Bool
+
+    public init(_ guest: GuestLedger) {
+        self.guest = guest.guest
+        self.tenant = guest.tenant
+        self.connected = guest.isConnected
+        self.reclaimableBytes = guest.reclaimableBytes
+        self.frames = guest.discarded.frameCount
+        self.ranges = guest.discarded.rangeCount
+        self.pageSize = guest.pageSize
+        self.syncing = guest.isSyncing
+    }
+
+    // The admin API's JSON names (`pagebrokerctl guests --json`).
+    enum CodingKeys: String, CodingKey {
+        case guest
+        case tenant
+        case connected
+        case reclaimableBytes = "reclaimable_bytes"
+        case frames
+        case ranges
+        case pageSize = "page_size"
+        case syncing
+    }
+}
+
+/// Figures over all tenants, for status lines.
+public struct LedgerTotals: Hashable, Sendable {
+    public var tenants = 0
+    public var guests = 0
+    public var guestsConnected = 0
+    public var reclaimableBytes = 0
+
+    public init() {}
+}
