@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "GuestSimulator", targets: ["GuestSimulator"]),
         .executable(name: "pagebroker-agent", targets: ["pagebroker-agent"]),
         .library(name: "BrokerProtocol", targets: ["BrokerProtocol"]),
+        .library(name: "TLSTransport", targets: ["TLSTransport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -33,6 +34,28 @@ let package = Package(
         // libFuzzer entry point for the frame decoder; also a crash reproducer when built without the fuzzer.
         .executableTarget(name: "FrameDecoderFuzzer", dependencies: ["BrokerProtocol"]),
 
+        // MARK: Transport
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // C wrappers for OpenSSL's function-like macros and stack types, which Swift cannot import.
+        .target(name: "CPagebrokerOpenSSLShims", dependencies: ["COpenSSL"]),
+        .target(
+            name: "TLSTransport",
+            dependencies: [
+                "COpenSSL",
+                "CPagebrokerOpenSSLShims",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
+            name: "tls-roundtrip-bench",
+            dependencies: [
+                "TLSTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+
         // MARK: Executables
         .executableTarget(
             name: "pagebroker-agent",
@@ -53,6 +76,15 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        .testTarget(
+            name: "TLSTransportTests",
+            dependencies: [
+                "TLSTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
     ],

@@ -1,0 +1,161 @@
+import COpenSSL
+import CPagebrokerOpenSSLShims
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A configured OpenSSL `SSL_CTX`: certificate, key, CA bundle and policy loaded once,
+/// shared by every connection made from it.
+///
+/// A context never changes after it is built. To pick up new certificates, build a new one
+/// (``ReloadableTLSContext`` does that on request): connections made afterwards use the new
+/// context, connections already open keep the one they were made from, because each `SSL`
+/// holds its own reference on its `SSL_CTX`.
+// @unchecked Sendable: the only stored state is the `SSL_CTX` pointer and an immutable
+// configuration. OpenSSL documents an `SSL_CTX` as safe to use from many threads at once once
+// it is no longer being configured (SSL_new takes its internal locks), and this class never
+// configures it after `init`.
+public final class TLSContext: @unchecked Sendable {
+    /// The configuration this context was built from.
+    public let configuration: TLSConfiguration
+    let sslContext: OpaquePointer
+
+    /// Builds a context, reading the certificate chain, key and CA bundle from disk now.
+    ///
+    /// - Throws: ``TLSError`` with ``TLSError/Code/contextSetupFailed`` naming the file and
+    ///   OpenSSL's reason when anything cannot be loaded or the key does not match the certificate.
+    public init(configuration: TLSConfiguration) throws(TLSError) {
+        ERR_clear_error()
+        let method = configuration.role == .server ? TLS_server_method() : TLS_client_method()
+        guard let context = SSL_CTX_new(method) else {
+            throw TLSError(code: .contextSetupFailed, reason: "SSL_CTX_new: \(TLSError.drainOpenSSLErrors())")
+        }
+        self.sslContext = context
+        self.configuration = configuration
+        // From here on `deinit` frees the context if a step below throws.
+        try Self.configure(context, configuration)
+    }
+
+    deinit {
+        SSL_CTX_free(self.sslContext)
+    }
+
+    private static func configure(_ context: OpaquePointer, _ configuration: TLSConfiguration) throws(TLSError) {
+        func fail(_ step: String) -> TLSError {
+            TLSError(code: .contextSetupFailed, reason: "\(step): \(TLSError.drainOpenSSLErrors())")
+        }
+
+        let minimum = configuration.minimumVersion == .tls13 ? TLS1_3_VERSION : TLS1_2_VERSION
+        guard pb_ssl_ctx_set_min_proto_version(context, minimum) == 1,
+            pb_ssl_ctx_set_max_proto_version(context, TLS1_3_VERSION) == 1
+        else { throw fail("setting protocol versions") }
+        pb_ssl_ctx_set_hardened_options(context)
+        // SSL_MODE_RELEASE_BUFFERS is deliberately left unset: it frees and reallocates the
+        // record buffers between records (a malloc per read) and has a history of
+        // use-after-free bugs with memory BIOs.
+
+        guard SSL_CTX_use_certificate_chain_file(context, configuration.certificateChainPath) == 1 else {
+            throw fail("loading certificate chain \(configuration.certificateChainPath)")
+        }
+        guard SSL_CTX_use_PrivateKey_file(context, configuration.privateKeyPath, SSL_FILETYPE_PEM) == 1 else {
+            throw fail("loading private key \(configuration.privateKeyPath)")
+        }
+        guard SSL_CTX_check_private_key(context) == 1 else {
+            throw fail("private key \(configuration.privateKeyPath) does not match the certificate")
+        }
+        guard SSL_CTX_load_verify_locations(context, configuration.caBundlePath, nil) == 1 else {
+            throw fail("loading CA bundle \(configuration.caBundlePath)")
+        }
+
+        var mode = SSL_VERIFY_PEER
+        if configuration.role == .server {
+            // Advertise which CAs we accept so clients holding several certificates pick the right one.
+            guard let names = SSL_load_client_CA_file(configuration.caBundlePath) else {
+                throw fail("reading CA names from \(configuration.caBundlePath)")
+            }
+            SSL_CTX_set_client_CA_list(context, names)
+            mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+        }
+        pb_ssl_ctx_set_verify(context, mode, configuration.peerVerification == .requireCertificateWithURISAN ? 1 : 0)
+        ERR_clear_error()
+    }
+
+    /// A new `SSL` for one connection, wired to a fresh pair of memory BIOs.
+    func makeConnection(serverHostname: String?) throws(TLSError) -> TLSConnection {
+        ERR_clear_error()
+        guard let ssl = SSL_new(self.sslContext) else {
+            throw TLSError(code: .contextSetupFailed, reason: "SSL_new: \(TLSError.drainOpenSSLErrors())")
+        }
+        guard let networkToSSL = BIO_new(BIO_s_mem()), let sslToNetwork = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw TLSError(code: .contextSetupFailed, reason: "BIO_new: \(TLSError.drainOpenSSLErrors())")
+        }
+        // An empty inbound BIO must mean "no bytes yet" (retry), never EOF: the end of the TCP
+        // stream reaches us as channelInactive and is judged there, with knowledge of whether a
+        // close_notify came first.
+        pb_bio_set_mem_eof_return(networkToSSL, -1)
+        SSL_set_bio(ssl, networkToSSL, sslToNetwork)  // the SSL owns both BIOs from here
+
+        switch self.configuration.role {
+        case .server:
+            SSL_set_accept_state(ssl)
+        case .client:
+            SSL_set_connect_state(ssl)
+            if let serverHostname {
+                guard pb_ssl_set_expected_peer_name(ssl, serverHostname) == 1 else {
+                    SSL_free(ssl)
+                    throw TLSError(
+                        code: .contextSetupFailed,
+                        reason: "invalid server hostname \(serverHostname): \(TLSError.drainOpenSSLErrors())"
+                    )
+                }
+                // SNI carries DNS names only (RFC 6066); an address literal is not sent.
+                if !serverHostname.isIPAddressLiteral {
+                    _ = pb_ssl_set_tlsext_host_name(ssl, serverHostname)
+                }
+            }
+        }
+        return TLSConnection(ssl: ssl, inbound: networkToSSL, outbound: sslToNetwork)
+    }
+}
+
+/// A ``TLSContext`` that can be rebuilt from its configuration, e.g. on SIGHUP.
+///
+/// ``current`` is read once per new connection; ``reload()`` swaps in a freshly built context
+/// only if building it succeeded, so a bad certificate on disk leaves the old context serving.
+public final class ReloadableTLSContext: Sendable {
+    private let state: Mutex<(configuration: TLSConfiguration, context: TLSContext)>
+
+    public init(configuration: TLSConfiguration) throws(TLSError) {
+        let context = try TLSContext(configuration: configuration)
+        self.state = Mutex((configuration, context))
+    }
+
+    /// The context new connections should use.
+    public var current: TLSContext {
+        self.state.withLock { $0.context }
+    }
+
+    /// Rebuilds the context from the files named in the configuration (or a new configuration).
+    ///
+    /// - Throws: the build error; the previous context stays current.
+    @discardableResult
+    public func reload(configuration: TLSConfiguration? = nil) throws(TLSError) -> TLSContext {
+        let configuration = configuration ?? self.state.withLock { $0.configuration }
+        let context = try TLSContext(configuration: configuration)
+        self.state.withLock { $0 = (configuration, context) }
+        return context
+    }
+}
+
+extension String {
+    var isIPAddressLiteral: Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, self, &v4) == 1 || inet_pton(AF_INET6, self, &v6) == 1
+    }
+}

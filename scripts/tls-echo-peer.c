@@ -1,0 +1,152 @@
+// Plain OpenSSL, blocking-socket echo peer: the baseline the NIO TLS handler is measured
+// against (tls-roundtrip-bench). Mutual TLS, TLS 1.2+, same certificates as the handler.
+//
+//   tls-echo-peer server CERT KEY CA
+//       listens on 127.0.0.1 with an OS-picked port, prints "LISTENING <port>", then serves
+//       connections one after another: each frame (4-byte big-endian length + body) is echoed.
+//   tls-echo-peer client PORT CERT KEY CA ROUNDS SIZE
+//       connects to 127.0.0.1:PORT, sends ROUNDS frames of SIZE body bytes one at a time,
+//       waiting for each echo, and prints
+//       "RESULT rounds=N p50_us=.. p99_us=.. mean_us=.. rate_per_s=..".
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WARMUP_ROUNDS 200
+
+static void die(const char *what) {
+    fprintf(stderr, "tls-echo-peer: %s\n", what);
+    ERR_print_errors_fp(stderr);
+    exit(1);
+}
+
+static SSL_CTX *make_context(int server, const char *cert, const char *key, const char *ca) {
+    SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (ctx == NULL) die("SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) die("certificate");
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) die("key");
+    if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) die("CA");
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    return ctx;
+}
+
+static int read_full(SSL *ssl, unsigned char *buffer, size_t length) {
+    size_t done = 0;
+    while (done < length) {
+        int n = SSL_read(ssl, buffer + done, (int)(length - done));
+        if (n <= 0) return 0;
+        done += (size_t)n;
+    }
+    return 1;
+}
+
+static void nodelay(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static int serve(const char *cert, const char *key, const char *ca) {
+    SSL_CTX *ctx = make_context(1, cert, key, ca);
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = 0};
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(listener, (struct sockaddr *)&address, sizeof address) != 0) die("bind");
+    if (listen(listener, 16) != 0) die("listen");
+    socklen_t length = sizeof address;
+    getsockname(listener, (struct sockaddr *)&address, &length);
+    printf("LISTENING %d\n", ntohs(address.sin_port));
+    fflush(stdout);
+
+    unsigned char *frame = malloc(4 + (1u << 20));
+    for (;;) {
+        int fd = accept(listener, NULL, NULL);
+        if (fd < 0) continue;
+        nodelay(fd);
+        SSL *ssl = SSL_new(ctx);
+        SSL_set_fd(ssl, fd);
+        if (SSL_accept(ssl) == 1) {
+            while (read_full(ssl, frame, 4)) {
+                uint32_t body = ((uint32_t)frame[0] << 24) | ((uint32_t)frame[1] << 16) | ((uint32_t)frame[2] << 8) | frame[3];
+                if (body > (1u << 20) || !read_full(ssl, frame + 4, body)) break;
+                if (SSL_write(ssl, frame, (int)(4 + body)) <= 0) break;
+            }
+            SSL_shutdown(ssl);
+        } else {
+            ERR_print_errors_fp(stderr);
+        }
+        SSL_free(ssl);
+        close(fd);
+    }
+    return 0;  // not reached: the bench stops the server with a signal
+}
+
+static int compare(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static int run_client(int port, const char *cert, const char *key, const char *ca, int rounds, int size) {
+    SSL_CTX *ctx = make_context(0, cert, key, ca);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&address, sizeof address) != 0) die("connect");
+    nodelay(fd);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set1_host(ssl, "localhost");
+    if (SSL_connect(ssl) != 1) die("SSL_connect");
+
+    unsigned char *frame = malloc(4 + (size_t)size), *echo = malloc(4 + (size_t)size);
+    frame[0] = (unsigned char)(size >> 24);
+    frame[1] = (unsigned char)(size >> 16);
+    frame[2] = (unsigned char)(size >> 8);
+    frame[3] = (unsigned char)size;
+    for (int i = 0; i < size; i++) frame[4 + i] = (unsigned char)i;
+    uint64_t *latency = malloc(sizeof(uint64_t) * (size_t)rounds);
+
+    uint64_t started = 0;
+    for (int i = -WARMUP_ROUNDS; i < rounds; i++) {
+        if (i == 0) started = now_ns();
+        uint64_t t0 = now_ns();
+        if (SSL_write(ssl, frame, 4 + size) <= 0) die("SSL_write");
+        if (!read_full(ssl, echo, 4 + (size_t)size)) die("SSL_read");
+        if (i >= 0) latency[i] = now_ns() - t0;
+    }
+    uint64_t total = now_ns() - started;
+    if (memcmp(frame, echo, 4 + (size_t)size) != 0) die("echo differs");
+    SSL_shutdown(ssl);
+
+    qsort(latency, (size_t)rounds, sizeof(uint64_t), compare);
+    printf("RESULT rounds=%d p50_us=%.2f p99_us=%.2f mean_us=%.2f rate_per_s=%.0f\n", rounds,
+           latency[rounds / 2] / 1000.0, latency[(size_t)rounds * 99 / 100] / 1000.0,
+           (double)total / rounds / 1000.0, rounds / (total / 1e9));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "server") == 0) return serve(argv[2], argv[3], argv[4]);
+    if (argc == 8 && strcmp(argv[1], "client") == 0)
+        return run_client(atoi(argv[2]), argv[3], argv[4], argv[5], atoi(argv[6]), atoi(argv[7]));
+    fprintf(stderr, "usage: tls-echo-peer server CERT KEY CA | client PORT CERT KEY CA ROUNDS SIZE\n");
+    return 2;
+}
