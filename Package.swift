@@ -11,11 +11,13 @@ let package = Package(
         .executable(name: "pagebroker-agent", targets: ["pagebroker-agent"]),
         .library(name: "BrokerProtocol", targets: ["BrokerProtocol"]),
         .library(name: "TLSTransport", targets: ["TLSTransport"]),
+        .library(name: "GuestAgent", targets: ["GuestAgent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // MARK: Guest engine
@@ -56,16 +58,47 @@ let package = Package(
             ]
         ),
 
+        // MARK: Guest agent
+        .target(
+            name: "GuestAgent",
+            dependencies: [
+                "BuddyAllocator",
+                "PageReporting",
+                "BrokerProtocol",
+                "TLSTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // MARK: Executables
         .executableTarget(
             name: "pagebroker-agent",
             dependencies: [
                 "GuestSimulator",
+                "GuestAgent",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 
         // MARK: Tests
+        .testTarget(
+            name: "GuestAgentTests",
+            dependencies: [
+                "GuestAgent",
+                "BuddyAllocator",
+                "PageReporting",
+                "BrokerProtocol",
+                "TLSTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "BuddyAllocatorTests", dependencies: ["BuddyAllocator"]),
         .testTarget(name: "PageReportingTests", dependencies: ["PageReporting", "BuddyAllocator"]),
         .testTarget(name: "GuestSimulatorTests", dependencies: ["GuestSimulator"]),

@@ -41,7 +41,8 @@ private func serverHello(
     return frame
 }
 
-private func result(_ seq: UInt64, _ reason: Pagebroker_V1_ReasonCode = .ok, retryMs: UInt32 = 0) -> Pagebroker_V1_Frame {
+private func result(_ seq: UInt64, _ reason: Pagebroker_V1_ReasonCode = .ok, retryMs: UInt32 = 0) -> Pagebroker_V1_Frame
+{
     var frame = Pagebroker_V1_Frame()
     frame.reportResult = .with {
         $0.seq = seq
@@ -156,7 +157,7 @@ struct AgentConnectionStateMachineTests {
         #expect(actions.frames.count > 4)
         var union: [UInt64] = []
         for (index, frame) in actions.frames.enumerated() {
-            let size = try frame.serializedBytes().count
+            let size = try (frame.serializedBytes() as [UInt8]).count
             #expect(size <= 4096)
             guard case .sync(let sync) = frame.body else {
                 Issue.record("expected Sync")
@@ -295,7 +296,7 @@ struct AgentConnectionStateMachineTests {
         }
         // Sent just now: no second ping until another interval passes.
         #expect(machine.tick(now: .milliseconds(1500)).frames.isEmpty)
-        _ = try machine.report(blocks: [512, 9], now: .milliseconds(2500))
+        _ = machine.report(blocks: [512, 9], now: .milliseconds(2500))
         let silent = machine.tick(now: .seconds(3))
         #expect(silent.close != nil)
         #expect(silent.frames.isEmpty, "a silent peer is closed without Error")
@@ -375,12 +376,12 @@ struct AgentConnectionStateMachineTests {
         #expect(idle.reuse(pairs: [1, 1], now: .zero) == .none)
 
         var machine = activeMachine(maxFrameSize: 4096)
-        let pairs = (0..<3000).flatMap { [UInt64(1_000_000 + 3 * $0), 1] }
+        let pairs: [UInt64] = (0..<3000).flatMap { index -> [UInt64] in [UInt64(1_000_000 + 3 * index), 1] }
         let actions = machine.reuse(pairs: pairs, now: .seconds(1))
         #expect(actions.frames.count > 1)
         var sent: [UInt64] = []
         for frame in actions.frames {
-            #expect(try frame.serializedBytes().count <= 4096)
+            #expect(try (frame.serializedBytes() as [UInt8]).count <= 4096)
             guard case .reuse(let reuse) = frame.body else {
                 Issue.record("expected Reuse")
                 return

@@ -31,7 +31,7 @@ final class FakeBroker: Sendable {
         var frames: [Received] = []
         var connections = 0
         var children: [any Channel] = []
-        var waiters: [(predicate: @Sendable ([Received]) -> Bool, promise: EventLoopPromise<Void>)] = []
+        var waiters: [(predicate: @Sendable ([Received], Int) -> Bool, promise: EventLoopPromise<Void>)] = []
     }
 
     /// Starts listening. `tls` is a server-role context for a TLS broker, `nil` for plaintext.
@@ -56,6 +56,7 @@ final class FakeBroker: Sendable {
                         state.children.append(channel)
                         return state.connections
                     }
+                    self.checkWaiters()
                     try channel.pipeline.syncOperations.addHandler(
                         FakeBrokerHandler(
                             broker: self,
@@ -96,10 +97,19 @@ final class FakeBroker: Sendable {
         timeout: TimeAmount = .seconds(10),
         _ predicate: @escaping @Sendable ([Received]) -> Bool
     ) throws {
+        try self.waitFor(timeout: timeout) { frames, _ in predicate(frames) }
+    }
+
+    /// Completes when the frames and the number of connections accepted so far satisfy
+    /// `predicate`, or fails after `timeout`.
+    func waitFor(
+        timeout: TimeAmount = .seconds(10),
+        _ predicate: @escaping @Sendable ([Received], Int) -> Bool
+    ) throws {
         let loop = self.group.next()
         let promise = loop.makePromise(of: Void.self)
         let satisfied = self.state.withLock { state in
-            if predicate(state.frames) { return true }
+            if predicate(state.frames, state.connections) { return true }
             state.waiters.append((predicate, promise))
             return false
         }
@@ -110,11 +120,18 @@ final class FakeBroker: Sendable {
     }
 
     func record(_ frame: Pagebroker_V1_Frame, connection: Int) {
+        self.state.withLock { $0.frames.append(Received(connection: connection, frame: frame)) }
+        self.checkWaiters()
+    }
+
+    /// Completes the waiters whose predicate now holds; predicates see the state under the lock.
+    private func checkWaiters() {
         let ready = self.state.withLock { state in
-            state.frames.append(Received(connection: connection, frame: frame))
             var ready: [EventLoopPromise<Void>] = []
+            let frames = state.frames
+            let connections = state.connections
             state.waiters.removeAll { waiter in
-                guard waiter.predicate(state.frames) else { return false }
+                guard waiter.predicate(frames, connections) else { return false }
                 ready.append(waiter.promise)
                 return true
             }
@@ -164,7 +181,10 @@ private final class FakeBrokerHandler: ChannelInboundHandler {
         self.broker.record(frame, connection: self.connection)
         switch frame.body {
         case .clientHello(let hello):
-            let size = WireProtocol.negotiateMaxFrameSize(guestProposal: hello.maxFrameSize, brokerLimit: self.maxFrameSize)
+            let size = WireProtocol.negotiateMaxFrameSize(
+                guestProposal: hello.maxFrameSize,
+                brokerLimit: self.maxFrameSize
+            )
             var answer = Pagebroker_V1_Frame()
             answer.serverHello = .with {
                 $0.protocolVersion = 1

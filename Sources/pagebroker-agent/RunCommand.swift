@@ -1,0 +1,327 @@
+import ArgumentParser
+import BuddyAllocator
+import Dispatch
+import Foundation
+import GuestAgent
+import GuestSimulator
+import Logging
+import NIOCore
+import NIOPosix
+import PageReporting
+
+/// `pagebroker-agent run`: the engine in real time against a workload and a real broker.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a workload in real time, reporting free memory to a broker over mutual TLS.",
+        discussion: """
+            Runs for --duration, or until SIGINT or SIGTERM with --duration 0. Figures go to standard
+            error every --stats-interval and at exit; with --json, one JSON object is printed at exit
+            (keys in docs/agent.md). Exit codes: 0 ok, 1 broken allocator invariant or isolated pages
+            left, 2 bad flags.
+            """
+    )
+
+    @OptionGroup var brokerOptions: BrokerOptions
+
+    @Option(help: "Guest memory, e.g. 4GiB, 512MiB.", transform: parseByteSize)
+    var memory: Int = 4 << 30
+
+    @Option(name: .customLong("page-size"), help: "Page size, e.g. 4KiB.", transform: parseByteSize)
+    var pageSize: Int = 4096
+
+    @Option(
+        help: "Workload: \(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")).",
+        transform: parseWorkloadKind
+    )
+    var workload: WorkloadKind = .idle
+
+    @Option(help: "How long to run, e.g. 60s; 0 runs until SIGINT or SIGTERM.", transform: parseTimeSpan)
+    var duration: Duration = .seconds(60)
+
+    @Option(name: .customLong("report-order"), help: "Lowest order reported (default: the pageblock order, 9).")
+    var reportOrder: Int?
+
+    @Option(help: "Delay from a request to the reporting pass, e.g. 2s.", transform: parseTimeSpan)
+    var delay: Duration = .seconds(2)
+
+    @Option(
+        name: .customLong("stats-interval"),
+        help: "How often to print figures to standard error; 0 only at exit.",
+        transform: parseTimeSpan
+    )
+    var statsInterval: Duration = .seconds(5)
+
+    @Option(help: "Random seed of the workload.")
+    var seed: UInt64 = 1
+
+    @Flag(help: "Print one JSON object at exit.")
+    var json = false
+
+    func validate() throws {
+        guard self.brokerOptions.cert != nil, self.brokerOptions.key != nil else {
+            throw ValidationError("--cert and --key are required")
+        }
+        guard self.pageSize >= 4096, self.pageSize & (self.pageSize - 1) == 0 else {
+            throw ValidationError("--page-size must be a power of two of at least 4KiB")
+        }
+        guard self.memory >= self.pageSize * 1024 else { throw ValidationError("--memory must be at least 1024 pages") }
+        guard self.duration >= .zero else { throw ValidationError("--duration must not be negative") }
+        guard self.delay >= .zero else { throw ValidationError("--delay must not be negative") }
+        guard self.statsInterval >= .zero else { throw ValidationError("--stats-interval must not be negative") }
+        let orders = AllocatorConfiguration(memoryBytes: self.memory, pageSize: self.pageSize).orderCount
+        if let order = self.reportOrder, !(0..<orders).contains(order) {
+            throw ValidationError("--report-order must be in 0..<\(orders)")
+        }
+    }
+
+    func run() throws {
+        self.brokerOptions.bootstrapLogging()
+        let logger = Logger(label: "pagebroker.agent")
+        let context = try self.brokerOptions.tlsContext(cert: self.brokerOptions.cert!, key: self.brokerOptions.key!)
+        let allocatorConfiguration = AllocatorConfiguration(memoryBytes: self.memory, pageSize: self.pageSize)
+        let allocator: BuddyAllocator
+        do {
+            allocator = try BuddyAllocator(allocatorConfiguration)
+        } catch {
+            throw ValidationError("cannot make the allocator: \(error)")
+        }
+        let order = self.reportOrder ?? allocatorConfiguration.pageblockOrder
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let connection = AgentConnection(
+            configuration: self.brokerOptions.agentConfiguration(context: context),
+            allocator: allocator,
+            reportingOrder: order,
+            eventLoopGroup: group,
+            logger: logger
+        )
+        connection.start()
+
+        let workload = RealTimeWorkload(kind: self.workload, allocator: allocator, seed: self.seed)
+        workload.start()
+        let device = RemoteReportingDevice(connection: connection)
+        let engine = try PageReportingEngine.register(
+            device: device,
+            allocator: allocator,
+            scheduler: DispatchReportingScheduler(label: "pagebroker.agent.reporting"),
+            configuration: PageReportingConfiguration(delay: self.delay, orderOverride: order)
+        )
+
+        let figures = Figures(allocator: allocator, engine: engine, connection: connection, workload: workload)
+        let ticker = self.startTicker(figures)
+        let started = ContinuousClock.now
+        let signalName = waitForDurationOrSignal(self.duration == .zero ? nil : self.duration)
+        if let signalName { logger.info("stopping", metadata: ["signal": "\(signalName)"]) }
+        ticker?.cancel()
+
+        // Order matters: no new allocations, then no report in flight, then the last reuse and
+        // Goodbye, so the broker's record ends equal to the guest's.
+        workload.stop()
+        engine.unregister()
+        do {
+            try connection.shutdown().wait()
+        } catch {
+            logger.warning("closing the broker connection failed", metadata: ["error": "\(error)"])
+        }
+        let result = figures.result(
+            seconds: Units.seconds(ContinuousClock.now - started),
+            workload: self.workload.rawValue,
+            reportOrder: order
+        )
+        var stderr = FileHandleStream.standardError
+        stderr.write(figures.line(prefix: "final") + "\n")
+        if self.json {
+            var stdout = FileHandleStream.standardOutput
+            stdout.write(result.json() + "\n")
+        }
+        if result.invariants != "ok" || result.isolatedPages != 0 {
+            throw ExitCode.failure
+        }
+    }
+
+    private func startTicker(_ figures: Figures) -> (any DispatchSourceTimer)? {
+        guard self.statsInterval > .zero else { return nil }
+        let (seconds, attoseconds) = self.statsInterval.components
+        let interval = DispatchTimeInterval.nanoseconds(Int(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "pagebroker-agent.stats"))
+        timer.schedule(deadline: .now() + interval, repeating: interval)
+        timer.setEventHandler {
+            var stderr = FileHandleStream.standardError
+            stderr.write(figures.line(prefix: "agent") + "\n")
+        }
+        timer.resume()
+        return timer
+    }
+}
+
+/// The run's figures, read from the allocator, the engine and the connection.
+private struct Figures: Sendable {
+    let allocator: BuddyAllocator
+    let engine: PageReportingEngine
+    let connection: AgentConnection
+    let workload: RealTimeWorkload
+
+    func line(prefix: String) -> String {
+        let stats = self.allocator.statistics
+        let engine = self.engine.statistics
+        let agent = self.connection.statistics
+        let pageSize = stats.pageSize
+        return "\(prefix): discarded \(Units.formatBytes(stats.discardedPages * pageSize))"
+            + " free \(Units.formatBytes(stats.freePages * pageSize))"
+            + " reports \(engine.reports) failed \(engine.reportsFailed)"
+            + " (refused \(agent.reportsRefused), timed out \(agent.reportsTimedOut),"
+            + " not delivered \(agent.reportsNotDelivered))"
+            + " sessions \(agent.sessions) reuse frames \(agent.reuseFrames)"
+            + " tenant \(agent.lastSession?.tenant ?? "-") guest \(agent.lastSession?.guest ?? "-")"
+    }
+
+    func result(seconds: Double, workload: String, reportOrder: Int) -> RunResult {
+        let stats = self.allocator.statistics
+        let engine = self.engine.statistics
+        let agent = self.connection.statistics
+        let work = self.workload.statistics
+        let invariants: String
+        do {
+            try self.allocator.validate()
+            invariants = "ok"
+        } catch {
+            invariants = "\(error)"
+        }
+        return RunResult(
+            discardedBytes: stats.discardedPages * stats.pageSize,
+            reports: engine.reports,
+            reportsFailed: engine.reportsFailed,
+            reportsRefused: agent.reportsRefused,
+            reportsTimedOut: agent.reportsTimedOut,
+            reportsNotDelivered: agent.reportsNotDelivered,
+            lateResults: agent.lateResults,
+            isolatedPages: stats.isolatedPages,
+            invariants: invariants,
+            reconnects: agent.reconnects,
+            sessions: agent.sessions,
+            reusedBytesTotal: (self.connection.reuseBuffer?.reusedPages ?? 0) * stats.pageSize,
+            reuseFrames: agent.reuseFrames,
+            syncChunks: agent.syncChunks,
+            tenant: agent.lastSession?.tenant,
+            guest: agent.lastSession?.guest,
+            sessionID: agent.lastSession?.sessionID,
+            freeBytes: stats.freePages * stats.pageSize,
+            totalBytes: stats.totalPages * stats.pageSize,
+            pageSize: stats.pageSize,
+            reportOrder: reportOrder,
+            workload: workload,
+            seconds: seconds,
+            allocations: work.allocations,
+            frees: work.frees,
+            allocationFailures: work.allocationFailures
+        )
+    }
+}
+
+/// What `run --json` prints (see docs/agent.md).
+struct RunResult: Encodable {
+    var discardedBytes: Int
+    var reports: Int
+    var reportsFailed: Int
+    var reportsRefused: Int
+    var reportsTimedOut: Int
+    var reportsNotDelivered: Int
+    var lateResults: Int
+    var isolatedPages: Int
+    var invariants: String
+    var reconnects: Int
+    var sessions: Int
+    var reusedBytesTotal: Int
+    var reuseFrames: Int
+    var syncChunks: Int
+    var tenant: String?
+    var guest: String?
+    var sessionID: String?
+    var freeBytes: Int
+    var totalBytes: Int
+    var pageSize: Int
+    var reportOrder: Int
+    var workload: String
+    var seconds: Double
+    var allocations: Int
+    var frees: Int
+    var allocationFailures: Int
+
+    enum CodingKeys: String, CodingKey {
+        case discardedBytes = "discarded_bytes"
+        case reports
+        case reportsFailed = "reports_failed"
+        case reportsRefused = "reports_refused"
+        case reportsTimedOut = "reports_timed_out"
+        case reportsNotDelivered = "reports_not_delivered"
+        case lateResults = "late_results"
+        case isolatedPages = "isolated_pages"
+        case invariants
+        case reconnects
+        case sessions
+        case reusedBytesTotal = "reused_bytes_total"
+        case reuseFrames = "reuse_frames"
+        case syncChunks = "sync_chunks"
+        case tenant
+        case guest
+        case sessionID = "session_id"
+        case freeBytes = "free_bytes"
+        case totalBytes = "total_bytes"
+        case pageSize = "page_size"
+        case reportOrder = "report_order"
+        case workload
+        case seconds
+        case allocations
+        case frees
+        case allocationFailures = "allocation_failures"
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(self.discardedBytes, forKey: .discardedBytes)
+        try container.encode(self.reports, forKey: .reports)
+        try container.encode(self.reportsFailed, forKey: .reportsFailed)
+        try container.encode(self.reportsRefused, forKey: .reportsRefused)
+        try container.encode(self.reportsTimedOut, forKey: .reportsTimedOut)
+        try container.encode(self.reportsNotDelivered, forKey: .reportsNotDelivered)
+        try container.encode(self.lateResults, forKey: .lateResults)
+        try container.encode(self.isolatedPages, forKey: .isolatedPages)
+        try container.encode(self.invariants, forKey: .invariants)
+        try container.encode(self.reconnects, forKey: .reconnects)
+        try container.encode(self.sessions, forKey: .sessions)
+        try container.encode(self.reusedBytesTotal, forKey: .reusedBytesTotal)
+        try container.encode(self.reuseFrames, forKey: .reuseFrames)
+        try container.encode(self.syncChunks, forKey: .syncChunks)
+        // Never connected: null, so a reader can tell it from an empty identity.
+        try container.encode(self.tenant, forKey: .tenant)
+        try container.encode(self.guest, forKey: .guest)
+        try container.encode(self.sessionID, forKey: .sessionID)
+        try container.encode(self.freeBytes, forKey: .freeBytes)
+        try container.encode(self.totalBytes, forKey: .totalBytes)
+        try container.encode(self.pageSize, forKey: .pageSize)
+        try container.encode(self.reportOrder, forKey: .reportOrder)
+        try container.encode(self.workload, forKey: .workload)
+        try container.encode(self.seconds, forKey: .seconds)
+        try container.encode(self.allocations, forKey: .allocations)
+        try container.encode(self.frees, forKey: .frees)
+        try container.encode(self.allocationFailures, forKey: .allocationFailures)
+    }
+
+    func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(self) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+func parseWorkloadKind(_ text: String) throws -> WorkloadKind {
+    guard let kind = WorkloadKind(rawValue: text) else {
+        throw ValidationError(
+            "'\(text)' is not a workload; use one of \(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", "))"
+        )
+    }
+    return kind
+}
