@@ -11,6 +11,8 @@ let package = Package(
         .executable(name: "pagebroker-agent", targets: ["pagebroker-agent"]),
         .library(name: "BrokerProtocol", targets: ["BrokerProtocol"]),
         .library(name: "TLSTransport", targets: ["TLSTransport"]),
+        .library(name: "Broker", targets: ["Broker"]),
+        .executable(name: "pagebrokerd", targets: ["pagebrokerd"]),
         .library(name: "GuestAgent", targets: ["GuestAgent"]),
     ],
     dependencies: [
@@ -18,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // MARK: Guest engine
@@ -58,6 +62,21 @@ let package = Package(
             ]
         ),
 
+        // MARK: Broker
+        // libFuzzer entry point for the session state machine; a crash reproducer otherwise.
+        .executableTarget(name: "SessionFuzzer", dependencies: ["Broker", "BrokerProtocol"]),
+        .target(
+            name: "Broker",
+            dependencies: [
+                "BrokerProtocol",
+                "TLSTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+
         // MARK: Guest agent
         .target(
             name: "GuestAgent",
@@ -74,6 +93,17 @@ let package = Package(
 
         // MARK: Executables
         .executableTarget(
+            name: "pagebrokerd",
+            dependencies: [
+                "Broker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
             name: "pagebroker-agent",
             dependencies: [
                 "GuestSimulator",
@@ -82,6 +112,16 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "pagebrokerctl",
+            dependencies: [
+                "Broker",
+                "BrokerProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
 
@@ -99,9 +139,33 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
+        .testTarget(
+            name: "BrokerTests",
+            dependencies: [
+                "Broker",
+                "BrokerProtocol",
+                // Built so that the admin tests can run it as a real process.
+                "pagebrokerctl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "BrokerEndToEndTests",
+            dependencies: [
+                "BrokerProtocol",
+                "TLSTransport",
+                // Run as real processes by the tests.
+                "pagebrokerd",
+                "pagebrokerctl",
+                "pagebroker-agent",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "BuddyAllocatorTests", dependencies: ["BuddyAllocator"]),
         .testTarget(name: "PageReportingTests", dependencies: ["PageReporting", "BuddyAllocator"]),
-        .testTarget(name: "GuestSimulatorTests", dependencies: ["GuestSimulator"]),
+        .testTarget(name: "GuestSimulatorTests", dependencies: ["GuestSimulator", "PageReporting", "pagebroker-agent"]),
         .testTarget(
             name: "BrokerProtocolTests",
             dependencies: [

@@ -33,7 +33,26 @@ struct Daemon {
         let server = try BrokerServer(configuration: serverConfiguration, core: core, group: group, logger: self.logger)
         let address = try await server.start()
         let shown = Self.describe(address)
-        core.setListening([shown])
+        let admin = AdminServer(
+            configuration: AdminServerConfiguration(
+                access: AdminAccessPolicy(
+                    allowedUIDs: Set(self.configuration.allowedUIDs),
+                    allowedGIDs: Set(self.configuration.allowedGIDs)
+                )
+            ),
+            backend: core,
+            eventLoopGroup: group,
+            logger: self.logger
+        )
+        do {
+            try await admin.start(.unixDomainSocket(path: self.configuration.adminSocket))
+        } catch {
+            await server.stop(drainTimeout: .zero)
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        core.setListening([shown, "unix:\(self.configuration.adminSocket)"])
+        self.logger.info("admin socket ready", metadata: ["path": "\(self.configuration.adminSocket)"])
         ready(shown)
 
         let signal = await Self.waitForTermination()
@@ -42,6 +61,7 @@ struct Daemon {
             metadata: ["timeout": "\(self.configuration.shutdownTimeout)"]
         )
         await server.stop(drainTimeout: self.configuration.shutdownTimeout)
+        await admin.shutdown()
         try await group.shutdownGracefully()
         self.logger.info("stopped")
     }

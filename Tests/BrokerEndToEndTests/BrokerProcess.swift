@@ -1,0 +1,155 @@
+import Foundation
+import Synchronization
+import Testing
+
+/// A test PKI made once per test process with `scripts/make-test-pki`.
+enum TestPKI {
+    /// Guests of t1–t3, of the paused and rate-limited tenants, and of t9, which no broker
+    /// configuration names.
+    static let guests = ["t1/g2", "t1/g3", "t2/g1", "t2/g2", "t3/g1", "t3/g2", "paused/g1", "limited/g1", "t9/g1"]
+
+    /// The PKI directory (made on first use).
+    static let directory: String = {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pagebroker-e2e-pki-\(getpid())")
+            .path
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/make-test-pki").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [script, directory, "example.org"]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "PKI_GUESTS": Self.guests.joined(separator: " ")
+        ]) { $1 }
+        try! process.run()
+        process.waitUntilExit()
+        precondition(process.terminationStatus == 0, "make-test-pki failed")
+        return directory
+    }()
+
+    static func path(_ name: String) -> String { "\(Self.directory)/\(name)" }
+}
+
+/// Finds a built product next to the test bundle.
+func builtProduct(_ name: String) -> String {
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    var directory = URL(fileURLWithPath: exe).deletingLastPathComponent()
+    while directory.path != "/" && !FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path)
+    {
+        directory = directory.deletingLastPathComponent()
+    }
+    return directory.appendingPathComponent(name).path
+}
+
+/// A real `pagebrokerd` process on a loopback port the OS picked.
+final class BrokerProcess: Sendable {
+    let process: Process
+    let port: Int
+    let directory: String
+    private let output: Output
+
+    /// What the broker wrote to standard error, and the port read from it.
+    final class Output: Sendable {
+        let text = Mutex("")
+        let port = Mutex<Int?>(nil)
+    }
+
+    var adminSocket: String { "\(self.directory)/admin.sock" }
+
+    /// The tenants every end-to-end broker knows: t1–t3 plain, `paused` paused, `limited` at
+    /// 2 reports a second.
+    static let configuration = """
+        trust_domain: example.org
+        limits:
+          heartbeat_interval: 2s
+          handshake_timeout: 2s
+        shutdown_timeout: 2s
+        tenants:
+          t1: {}
+          t2: {}
+          t3: {}
+          paused:
+            paused: true
+          limited:
+            max_reports_per_second: 2
+            burst: 2
+        """
+
+    init(extraArguments: [String] = [], directory existing: String? = nil) throws {
+        let directory =
+            existing
+            ?? FileManager.default.temporaryDirectory.appendingPathComponent("pagebrokerd-e2e-\(UUID().uuidString)")
+            .path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Self.configuration.write(toFile: "\(directory)/pagebrokerd.yaml", atomically: true, encoding: .utf8)
+        self.directory = directory
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: builtProduct("pagebrokerd"))
+        process.arguments =
+            [
+                "--config", "\(directory)/pagebrokerd.yaml", "--listen", "127.0.0.1:0",
+                "--tls-cert", TestPKI.path("server.pem"), "--tls-key", TestPKI.path("server.key"),
+                "--client-ca", TestPKI.path("ca.pem"), "--admin-socket", "\(directory)/admin.sock",
+            ] + extraArguments
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        let output = Output()
+        let ready = DispatchSemaphore(value: 0)
+        errors.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            guard !data.isEmpty else {
+                handle.readabilityHandler = nil
+                ready.signal()
+                return
+            }
+            let text = String(decoding: data, as: UTF8.self)
+            output.text.withLock { $0 += text }
+            // "listening for guests" log line: address=[IPv4]127.0.0.1/127.0.0.1:PORT
+            if output.port.withLock({ $0 }) == nil,
+                let line = output.text.withLock({ $0 }).split(separator: "\n").first(where: {
+                    $0.contains("listening for guests")
+                }),
+                let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
+            {
+                let port = Int(line[range].split(separator: ":").last!)!
+                output.port.withLock { $0 = port }
+                ready.signal()
+            }
+        }
+        try process.run()
+        self.process = process
+        self.output = output
+        guard ready.wait(timeout: .now() + .seconds(60)) == .success, let port = output.port.withLock({ $0 }) else {
+            process.terminate()
+            throw BrokerFailedToStart(log: output.text.withLock { $0 })
+        }
+        self.port = port
+    }
+
+    struct BrokerFailedToStart: Error, CustomStringConvertible {
+        var log: String
+        var description: String { "pagebrokerd did not start:\n\(self.log)" }
+    }
+
+    var logText: String { self.output.text.withLock { $0 } }
+
+    /// SIGKILL: the broker dies without a word.
+    func kill() {
+        Foundation.kill(self.process.processIdentifier, SIGKILL)
+        self.process.waitUntilExit()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    func terminate() -> Int32 {
+        Foundation.kill(self.process.processIdentifier, SIGTERM)
+        self.process.waitUntilExit()
+        return self.process.terminationStatus
+    }
+
+    deinit {
+        if self.process.isRunning {
+            Foundation.kill(self.process.processIdentifier, SIGKILL)
+            self.process.waitUntilExit()
+        }
+    }
+}
