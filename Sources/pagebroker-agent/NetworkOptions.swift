@@ -105,7 +105,9 @@ func parseEndpoint(_ text: String) throws -> Endpoint {
     return Endpoint(host: String(host), port: port)
 }
 
+/// A duration as `Units.parseDuration` reads it, or a bare `0` (no unit needed for nothing).
 func parseTimeSpan(_ text: String) throws -> Duration {
+    if text == "0" { return .zero }
     do { return try Units.parseDuration(text) } catch { throw ValidationError(error.description) }
 }
 
