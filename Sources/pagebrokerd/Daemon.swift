@@ -19,7 +19,7 @@ struct Daemon {
             preconditionFailure("configuration was checked by the command")
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let core = BrokerCore(policies: self.configuration.policies)
+        let core = BrokerCore(policies: self.configuration.policies, maxSessions: self.configuration.maxSessions)
         var serverConfiguration = BrokerServerConfiguration(
             host: host,
             port: port,

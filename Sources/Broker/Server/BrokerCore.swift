@@ -45,6 +45,8 @@ public final class BrokerCore: AdminBackend, Sendable {
     }
 
     public let version: String
+    /// Guest sessions the broker holds at once; one more is refused at its hello.
+    public let maxSessions: Int
     private let state: Mutex<State>
     private let clock: @Sendable () -> Duration
     private let started: Duration
@@ -54,12 +56,14 @@ public final class BrokerCore: AdminBackend, Sendable {
     ///   - clock: monotonic time; injectable so rate limits can be tested in virtual time.
     public init(
         policies: PolicySet,
+        maxSessions: Int = 10_000,
         version: String = "pagebrokerd 0.1",
         clock: @escaping @Sendable () -> Duration = { ContinuousClock.now - BrokerCore.epoch }
     ) {
         var state = State(policies: policies)
         for tenant in policies.tenants.keys { state.ledger.addTenant(tenant) }
         self.state = Mutex(state)
+        self.maxSessions = maxSessions
         self.version = version
         self.clock = clock
         self.started = clock()
@@ -113,6 +117,15 @@ public final class BrokerCore: AdminBackend, Sendable {
             }
             guard let policy = state.policies.policy(for: identity.tenant) else {
                 return (.refused(code: .protocolViolation, message: "tenant \(identity.tenant) is not configured"), nil)
+            }
+            // A guest replacing its own session does not need a new slot.
+            if state.sessions[key] == nil && state.sessions.count >= self.maxSessions {
+                return (
+                    .refused(
+                        code: .rateLimited,
+                        message: "broker already holds its maximum of \(self.maxSessions) sessions"
+                    ), nil
+                )
             }
             if let limit = policy.maxGuests {
                 let connected = state.sessions.keys.count { $0.tenant == identity.tenant && $0 != key }

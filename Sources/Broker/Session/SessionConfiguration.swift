@@ -28,4 +28,12 @@ public struct GuestGeometry: Hashable, Sendable {
     public var minOrder: UInt32
     public var maxOrder: UInt32
     public var agentVersion: String
+
+    public init(pageSize: UInt32, totalPages: UInt64, minOrder: UInt32, maxOrder: UInt32, agentVersion: String) {
+        self.pageSize = pageSize
+        self.totalPages = totalPages
+        self.minOrder = minOrder
+        self.maxOrder = maxOrder
+        self.agentVersion = agentVersion
+    }
 }
