@@ -60,8 +60,8 @@ final class BrokerProcess: Sendable {
     static let configuration = """
         trust_domain: example.org
         limits:
-          heartbeat_interval: 2s
-          handshake_timeout: 2s
+          heartbeat_interval: 30s
+          handshake_timeout: 20s
         shutdown_timeout: 2s
         tenants:
           t1: {}

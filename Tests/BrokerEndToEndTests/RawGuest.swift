@@ -137,8 +137,18 @@ final class RawGuest: Sendable {
         )
     }
 
-    /// The next frame from the broker, or `nil` if the connection closed (or `timeout` passed) first.
-    func receive(timeout: Duration = .seconds(10)) async -> Pagebroker_V1_Frame? {
+    /// The next frame from the broker, or `nil` if the connection closed (or `timeout` passed)
+    /// first. Pings are answered and skipped: a slow test machine must not turn a heartbeat
+    /// into a failed expectation.
+    func receive(timeout: Duration = .seconds(20)) async -> Pagebroker_V1_Frame? {
+        while let frame = await self.receiveAny(timeout: timeout) {
+            guard case .ping(let ping) = frame.body else { return frame }
+            try? await self.send(.with { $0.pong = .with { $0.nonce = ping.nonce } })
+        }
+        return nil
+    }
+
+    private func receiveAny(timeout: Duration) async -> Pagebroker_V1_Frame? {
         let parser = FrameParser(maxFrameSize: Int(WireProtocol.maximumMaxFrameSize))
         @Sendable func next(_ state: Inbox.State) -> (Pagebroker_V1_Frame, Int)? {
             let bytes = state.bytes
@@ -153,7 +163,7 @@ final class RawGuest: Sendable {
     }
 
     /// Waits for the broker to close the connection.
-    func waitClosed(timeout: Duration = .seconds(10)) async -> Bool {
+    func waitClosed(timeout: Duration = .seconds(20)) async -> Bool {
         await self.inbox.wait(timeout: timeout) { $0.closed }
     }
 
