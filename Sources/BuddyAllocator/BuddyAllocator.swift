@@ -161,6 +161,13 @@ public final class BuddyAllocator: Sendable {
 
     // MARK: Observers
 
+    /// Tells the reuse observer about every reused run still buffered. The reporting engine calls
+    /// it before each report, so a reuse always reaches the observer before a later report of the
+    /// same frames; an agent also calls it on a short timer.
+    public func flushReuse() {
+        for zone in self.zones { zone.lockHeld { zone.deliverReuse() } }
+    }
+
     /// Sets (or clears, with `nil`) the observer told about discarded frames that are reused.
     public func setReuseObserver(_ observer: (any ReuseObserver)?) {
         // Each zone keeps its own reference, read under the zone lock it already holds when it

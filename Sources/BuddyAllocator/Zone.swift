@@ -31,6 +31,8 @@ public final class Zone: @unchecked Sendable {
     // properties pay for dynamic exclusivity checks on every access, which cost more than the
     // rest of an order-0 allocation. The zone lock already serialises every access.
     @usableFromInline let counters: UnsafeMutablePointer<ZoneCounters>
+    /// Reused runs waiting for delivery, as (first frame, count) pairs.
+    @usableFromInline let reuseRuns: UnsafeMutablePointer<Int>
 
     /// `NR_FREE_PAGES`: pages on every free list but the isolate ones.
     @inlinable var freePages: Int {
@@ -85,6 +87,7 @@ public final class Zone: @unchecked Sendable {
         self.pageblockMigratetypes = pageblockMigratetypes
         self.orderCount = orderCount
         self.pageblockOrder = pageblockOrder
+        self.reuseRuns = .allocate(capacity: Zone.reuseBatchCapacity * 2)
         self.counters = .allocate(capacity: 1)
         self.counters.initialize(to: ZoneCounters(watermarks: watermarks))
         let lists = orderCount * Migratetype.count
@@ -99,6 +102,7 @@ public final class Zone: @unchecked Sendable {
     deinit {
         self.counters.deinitialize(count: 1)
         self.counters.deallocate()
+        self.reuseRuns.deallocate()
         self.heads.deallocate()
         self.tails.deallocate()
         self.nrFree.deallocate()
@@ -384,15 +388,49 @@ public final class Zone: @unchecked Sendable {
             if bits == mask {
                 table.discarded[word] &= ~mask
                 self.discardedPages &-= count
-                self.counters.pointee.reuseObserver?.framesReused(first: frame, count: count)
+                self.recordReuse(first: frame, count: count)
                 return
             }
         }
-        let observer = self.counters.pointee.reuseObserver
         let cleared = table.discardedRuns(frame..<(frame + count), clear: true) { first, length in
-            observer?.framesReused(first: first, count: length)
+            self.recordReuse(first: first, count: length)
         }
         self.discardedPages &-= cleared
+    }
+
+    /// Runs of reused frames wait here, under the zone lock, until ``deliverReuse()``: telling
+    /// the observer on every allocation cost more than the rest of the allocation.
+    @usableFromInline static let reuseBatchCapacity = 128
+
+    /// Buffers a run of reused frames, joining it to the previous one when they touch.
+    @inlinable
+    func recordReuse(first: Int, count: Int) {
+        let counters = self.counters
+        let buffered = counters.pointee.reuseRunCount
+        if buffered > 0 {
+            let last = (buffered &- 1) &* 2
+            if self.reuseRuns[last] &+ self.reuseRuns[last &+ 1] == first {
+                self.reuseRuns[last &+ 1] &+= count
+                return
+            }
+            if buffered == Self.reuseBatchCapacity { self.deliverReuse() }
+        }
+        let slot = counters.pointee.reuseRunCount &* 2
+        self.reuseRuns[slot] = first
+        self.reuseRuns[slot &+ 1] = count
+        counters.pointee.reuseRunCount &+= 1
+    }
+
+    /// Tells the observer about every buffered run, in order, and empties the buffer.
+    @usableFromInline
+    func deliverReuse() {
+        let buffered = self.counters.pointee.reuseRunCount
+        guard buffered > 0 else { return }
+        self.counters.pointee.reuseRunCount = 0
+        guard let observer = self.counters.pointee.reuseObserver else { return }
+        for run in 0..<buffered {
+            observer.framesReused(first: self.reuseRuns[run * 2], count: self.reuseRuns[run * 2 + 1])
+        }
     }
 
     /// Frees an allocated block after the caller checked it; returns the merged order.
@@ -468,6 +506,8 @@ struct ZoneCounters {
     @usableFromInline var watermarks: Watermarks
     /// Told about discarded frames that are allocated again; set on every zone at once.
     @usableFromInline var reuseObserver: (any ReuseObserver)?
+    /// Runs buffered in `Zone.reuseRuns`.
+    @usableFromInline var reuseRunCount = 0
 
     @usableFromInline init(watermarks: Watermarks) { self.watermarks = watermarks }
 }

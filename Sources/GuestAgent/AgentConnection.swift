@@ -28,6 +28,8 @@ public final class AgentConnection: Sendable {
     public let logger: Logger
 
     let discardedRecord: @Sendable () -> [Range<Int>]
+    /// Makes the allocator deliver the reuse runs it buffers into ``reuseBuffer``.
+    let collectReuse: @Sendable () -> Void
     private let loopState: NIOLoopBoundBox<LoopState>
     private let stats = Mutex(AgentStatistics())
 
@@ -51,7 +53,8 @@ public final class AgentConnection: Sendable {
         eventLoopGroup: any EventLoopGroup,
         logger: Logger = Logger(label: "pagebroker.agent"),
         reuseBuffer: ReuseBuffer? = nil,
-        discardedRecord: @escaping @Sendable () -> [Range<Int>] = { [] }
+        discardedRecord: @escaping @Sendable () -> [Range<Int>] = { [] },
+        collectReuse: @escaping @Sendable () -> Void = {}
     ) {
         self.configuration = configuration
         self.geometry = geometry
@@ -59,6 +62,7 @@ public final class AgentConnection: Sendable {
         self.logger = logger
         self.reuseBuffer = reuseBuffer
         self.discardedRecord = discardedRecord
+        self.collectReuse = collectReuse
         self.loopState = NIOLoopBoundBox.makeBoxSendingValue(
             LoopState(backoff: configuration.reconnectBackoff),
             eventLoop: self.eventLoop
@@ -87,7 +91,8 @@ public final class AgentConnection: Sendable {
             eventLoopGroup: eventLoopGroup,
             logger: logger,
             reuseBuffer: buffer,
-            discardedRecord: { [allocator] in allocator.discardedRanges() }
+            discardedRecord: { [allocator] in allocator.discardedRanges() },
+            collectReuse: { [allocator] in allocator.flushReuse() }
         )
         allocator.setReuseObserver(buffer)
     }

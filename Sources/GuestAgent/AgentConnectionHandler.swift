@@ -213,6 +213,8 @@ final class AgentConnectionHandler: ChannelInboundHandler {
 
     private func writeReuse(context: ChannelHandlerContext) {
         guard let buffer = self.owner.reuseBuffer, self.machine.isActive else { return }
+        // The allocator batches reuse runs; have it hand over what it holds first.
+        self.owner.collectReuse()
         let pairs = buffer.take()
         guard !pairs.isEmpty else { return }
         let actions = self.machine.reuse(pairs: pairs, now: self.now)

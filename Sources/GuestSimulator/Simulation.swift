@@ -105,6 +105,7 @@ public final class Simulation: @unchecked Sendable {
     }
 
     private func result() -> SimulationResult {
+        self.allocator.flushReuse()
         let stats = self.allocator.statistics
         let engineStats = self.engine?.statistics ?? PageReportingStatistics()
         let pageSize = self.options.pageSize

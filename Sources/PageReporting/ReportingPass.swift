@@ -102,6 +102,9 @@ extension PageReportingEngine {
 
     /// Hands `range` of the batch to the device, outside every zone lock.
     func report(_ range: Range<Int>) -> (any Error)? {
+        // Reuses buffered in the allocator go out first: a frame reused and freed again since
+        // then may be in this very batch, and the host must hear of the reuse before the report.
+        self.allocator.flushReuse()
         let batch = self.batch.view(range)
         do {
             try self.device.report(batch)

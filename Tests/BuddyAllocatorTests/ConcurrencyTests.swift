@@ -206,6 +206,7 @@ struct ConcurrencyTests {
         #expect(ownership.conflicts.load(ordering: .relaxed) == 0)
         #expect(ownership.unexpectedErrors.load(ordering: .relaxed) == 0)
         try self.expectBootLayout(allocator)
+        allocator.flushReuse()
         let discarded = allocator.statistics.discardedPages
         #expect(allocator.discardedRanges().map(\.count).reduce(0, +) == discarded)
         // Something was discarded and something taken back, or the test exercised nothing.

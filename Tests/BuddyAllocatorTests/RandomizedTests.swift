@@ -207,6 +207,7 @@ private struct RandomizedRun {
             #expect(!self.model.isolatedPageblocks.contains(block), "allocated from isolated pageblock \(block)")
         }
         let expectedRuns = self.model.discardedRuns(frame: frame, order: order)
+        self.allocator.flushReuse()
         #expect(self.recorder.take() == expectedRuns)
         for run in expectedRuns {
             for index in run { self.model.discarded[index] = false }
@@ -433,6 +434,7 @@ private struct RandomizedRun {
             #expect(statistics.zones[index].nrFree == bootNrFree(zone: zone.frames, orderCount: self.orderCount))
         }
         #expect(self.allocator.discardedRanges() == self.model.discardedRanges())
+        self.allocator.flushReuse()
         #expect(self.recorder.take() == [])
     }
 }

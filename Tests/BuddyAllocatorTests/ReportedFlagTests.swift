@@ -130,13 +130,16 @@ struct ReportedFlagTests {
 
         // The clean block comes first; taking it reuses nothing.
         #expect(try allocator.allocate(order: 3) == 0)
+        allocator.flushReuse()
         #expect(recorder.take() == [])
 
         // Splits: each allocation reuses exactly its own frames.
         #expect(try allocator.allocate(order: 0) == 8)
+        allocator.flushReuse()
         #expect(recorder.take() == [8..<9])
         #expect(allocator.discardedRanges() == [9..<16])
         #expect(try allocator.allocate(order: 1) == 10)
+        allocator.flushReuse()
         #expect(recorder.take() == [10..<12])
         #expect(allocator.discardedRanges() == [9..<10, 12..<16])
         #expect(allocator.statistics.discardedPages == 5)
@@ -150,11 +153,13 @@ struct ReportedFlagTests {
         #expect(allocator.frameInfo(9)?.isDiscarded == true)
         #expect(allocator.frameInfo(9)?.state == .inBlock)
         #expect(allocator.discardedRanges() == [9..<10, 12..<16])
+        allocator.flushReuse()
         #expect(recorder.take() == [])
         try allocator.validate()
 
         // Allocating the merged block reuses the two runs, in order.
         #expect(try allocator.allocate(order: 3) == 8)
+        allocator.flushReuse()
         #expect(recorder.take() == [9..<10, 12..<16])
         #expect(allocator.discardedRanges() == [])
         #expect(allocator.statistics.discardedPages == 0)
@@ -191,6 +196,7 @@ struct ReportedFlagTests {
         allocator.zones[0].withLock { $0.markDiscarded(1024, order: 10) }
         putback(allocator, 1024, order: 10, toTail: false)
         #expect(try allocator.allocate(order: 10) == 1024)
+        allocator.flushReuse()
         #expect(recorder.take() == [])
         #expect(allocator.statistics.discardedPages == 0)
         #expect(allocator.discardedRanges() == [])
@@ -224,20 +230,25 @@ struct ReportedFlagTests {
         #expect(try allocator.allocate(order: 0) == 0)
         #expect(try allocator.allocate(order: 0) == 1)
         try allocator.free(frame: 1, order: 0)
+        allocator.flushReuse()
         #expect(recorder.take() == [])
         try allocator.free(frame: 0, order: 0)
+        allocator.flushReuse()
         #expect(recorder.take() == [10])
 
         #expect(try allocator.allocate(order: 0) == 0)
         #expect(isolate(allocator, 512, order: 9))
         putback(allocator, 512, order: 9)
+        allocator.flushReuse()
         #expect(recorder.take() == [])
         #expect(try allocator.allocate(order: 5) == 32)
         try allocator.free(frame: 32, order: 5)
+        allocator.flushReuse()
         #expect(recorder.take() == [5])
 
         allocator.detachFreeNotifier(recorder)
         try allocator.free(frame: 0, order: 0)
+        allocator.flushReuse()
         #expect(recorder.take() == [])
         try allocator.validate()
     }
