@@ -21,7 +21,7 @@ public final class BuddyAllocator: Sendable {
     @usableFromInline let orderCount: Int
     @usableFromInline let frameCount: Int
     @usableFromInline let notifyOrder = Atomic<Int>(.max)
-    let notifier = Mutex<(any FreeBlockNotifier)?>(nil)
+    let notifier = PThreadLocked<(any FreeBlockNotifier)?>(nil)
     private let pageblocks: PageblockTable
 
     /// Bytes of allocator metadata per page frame (the kernel spends 64 on `struct page`).

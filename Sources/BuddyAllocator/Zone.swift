@@ -1,4 +1,4 @@
-import Synchronization
+
 
 /// A zone: a contiguous range of frames with its own lock, `free_area[order].free_list[mt]`,
 /// counters and watermarks.
@@ -14,7 +14,7 @@ public final class Zone: @unchecked Sendable {
     /// The frames the zone spans.
     public let frames: Range<Int>
 
-    @usableFromInline let lock = Mutex<Void>(())
+    @usableFromInline let lock = PThreadLock()
     @usableFromInline let table: FrameTable
     @usableFromInline let pageblockMigratetypes: UnsafeMutablePointer<UInt8>
     @usableFromInline let orderCount: Int
@@ -122,8 +122,8 @@ public final class Zone: @unchecked Sendable {
 
     @inlinable
     func lockHeld<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
-        self.lock._unsafeLock()
-        defer { self.lock._unsafeUnlock() }
+        self.lock.lock()
+        defer { self.lock.unlock() }
         return try body()
     }
 

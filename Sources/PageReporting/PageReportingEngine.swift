@@ -39,9 +39,11 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
 
     let state = Atomic<Int>(State.idle.rawValue)
     let batch: BatchBuffer
-    private let control = Mutex(Control())
+    // pthread-backed, not Synchronization.Mutex: allocating threads contend on it, and
+    // ThreadSanitizer must be able to see the hand-over (see PThreadLock).
+    private let control = PThreadLocked(Control())
     private let inFlight = DispatchGroup()
-    let counters = Mutex(PageReportingStatistics())
+    let counters = PThreadLocked(PageReportingStatistics())
 
     private struct Control {
         var registered = true

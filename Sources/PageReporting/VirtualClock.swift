@@ -1,3 +1,4 @@
+import BuddyAllocator
 import Synchronization
 
 /// Virtual time: nothing runs until the clock is advanced, and then everything that falls due
@@ -23,7 +24,7 @@ public final class VirtualClock: ReportingScheduler {
         var events: [Event] = []
     }
 
-    private let state = Mutex(State())
+    private let state = PThreadLocked(State())
 
     public init() {}
 
