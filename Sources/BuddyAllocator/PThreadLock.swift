@@ -56,7 +56,9 @@ package final class PThreadLocked<Value>: @unchecked Sendable {
 
     package init(_ value: Value) { self.value = value }
 
-    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func withLock<Result, Failure: Error>(
+        _ body: (inout Value) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
         try self.lock.withLock { () throws(Failure) -> Result in try body(&self.value) }
     }
 }

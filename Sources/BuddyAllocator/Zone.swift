@@ -14,7 +14,7 @@ public final class Zone: @unchecked Sendable {
     /// The frames the zone spans.
     public let frames: Range<Int>
 
-    @usableFromInline let lock = PThreadLock()
+    @usableFromInline let lock = ZoneLock()
     @usableFromInline let table: FrameTable
     @usableFromInline let pageblockMigratetypes: UnsafeMutablePointer<UInt8>
     @usableFromInline let orderCount: Int
