@@ -10,10 +10,12 @@ import Testing
     /// A host that misbehaves: each report is, at random, answered at once, answered late
     /// (the worker suspends), or refused with or without a retry hint.
     final class UnreliableDevice: PageReportingDevice {
-        private let random: Mutex<UInt64>
+        // pthread-backed, not Synchronization.Mutex: this suite runs under ThreadSanitizer, which
+        // cannot see the PI futexes Synchronization.Mutex waits on.
+        private let random: PThreadLocked<UInt64>
         let calls = Atomic<Int>(0)
 
-        init(seed: UInt64) { self.random = Mutex(seed) }
+        init(seed: UInt64) { self.random = PThreadLocked(seed) }
 
         private func roll() -> UInt64 {
             self.random.withLock { state in
@@ -55,7 +57,7 @@ import Testing
             configuration: PageReportingConfiguration(capacity: 8, delay: .microseconds(100), orderOverride: 4)
         )
         let threads = 4
-        let failures = Mutex<[String]>([])
+        let failures = PThreadLocked<[String]>([])
         DispatchQueue.concurrentPerform(iterations: threads) { thread in
             var state = seed &* 1000 &+ UInt64(thread)
             func next(_ bound: Int) -> Int {
