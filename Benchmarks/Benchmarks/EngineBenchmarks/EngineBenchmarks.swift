@@ -64,9 +64,12 @@ let benchmarks: @Sendable () -> Void = {
             "churn 4 GiB 30 s, reporting \(reporting ? "on" : "off")",
             configuration: .init(
                 metrics: [.wallClock, .cpuTotal],
-                warmupIterations: 1,
-                maxDuration: .seconds(30),
-                maxIterations: 15
+                // Microseconds: the two medians differ by less than the millisecond the
+                // default unit rounds to.
+                timeUnits: .microseconds,
+                warmupIterations: 2,
+                maxDuration: .seconds(60),
+                maxIterations: 40
             )
         ) { benchmark in
             var options = SimulationOptions()
