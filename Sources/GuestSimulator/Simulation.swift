@@ -31,12 +31,7 @@ public final class Simulation: @unchecked Sendable {
         options.reporting = reporting
         self.options = options
         self.reportingOrder = reporting.orderOverride ?? self.allocator.configuration.pageblockOrder
-        self.workload = WorkloadDriver(
-            kind: options.workload,
-            allocator: self.allocator,
-            clock: self.clock,
-            seed: options.seed
-        )
+        self.workload = WorkloadDriver(kind: options.workload, allocator: self.allocator, seed: options.seed)
         self.allocator.setReuseObserver(self.reuse)
     }
 
@@ -44,7 +39,8 @@ public final class Simulation: @unchecked Sendable {
     /// fraction of virtual time done, about a hundred times.
     public func run(progress: ((Double) -> Void)? = nil) -> SimulationResult {
         let end = self.options.duration
-        self.workload.start(until: end)
+        self.workload.boot()
+        if self.options.workload != .idle { self.scheduleStep(at: WorkloadDriver.tick, end: end) }
         if self.options.reportingEnabled {
             let device = SimulatedDevice(behaviours: self.options.device, clock: self.clock, seed: self.options.seed)
             // The engine's order and config were validated with the options; a failure here is
@@ -66,6 +62,14 @@ public final class Simulation: @unchecked Sendable {
         let result = self.result()
         self.engine?.unregister()
         return result
+    }
+
+    private func scheduleStep(at time: Duration, end: Duration) {
+        guard time <= end else { return }
+        self.clock.schedule(at: time) { [self] in
+            self.workload.step(at: time)
+            self.scheduleStep(at: time + WorkloadDriver.tick, end: end)
+        }
     }
 
     private func scheduleSample(at time: Duration, end: Duration) {

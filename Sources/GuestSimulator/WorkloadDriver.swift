@@ -1,17 +1,18 @@
 import BuddyAllocator
-import PageReporting
+import Synchronization
 
-/// Runs one of the ``WorkloadKind``s against the allocator in virtual time.
+/// One of the ``WorkloadKind``s against an allocator, one step at a time, on whatever clock the
+/// caller keeps: the simulator steps it in virtual time, `pagebroker-agent run` on a thread in
+/// real time, so a workload means the same thing in both.
 ///
-/// Everything here happens on the thread that advances the ``VirtualClock``, one step at a time,
-/// so the driver's own state needs no lock (hence `@unchecked Sendable`).
-final class WorkloadDriver: @unchecked Sendable {
+/// ``boot()`` and ``step(at:)`` must be called from one thread at a time (the held blocks are
+/// not locked, hence `@unchecked Sendable`); the counters may be read from any thread.
+public final class WorkloadDriver: @unchecked Sendable {
     /// Workload steps happen this often.
-    static let tick: Duration = .milliseconds(10)
+    public static let tick: Duration = .milliseconds(10)
 
-    private let kind: WorkloadKind
+    public let kind: WorkloadKind
     private let allocator: BuddyAllocator
-    private let clock: VirtualClock
     private let totalPages: Int
     private var random: SeededRandom
 
@@ -21,41 +22,38 @@ final class WorkloadDriver: @unchecked Sendable {
     private var transientPages = 0
     private var residentPages = 0
 
-    private(set) var allocations = 0
-    private(set) var frees = 0
-    private(set) var allocationFailures = 0
+    private let allocationCount = Atomic<Int>(0)
+    private let freeCount = Atomic<Int>(0)
+    private let failureCount = Atomic<Int>(0)
 
-    init(kind: WorkloadKind, allocator: BuddyAllocator, clock: VirtualClock, seed: UInt64) {
+    /// Blocks allocated so far.
+    public var allocations: Int { self.allocationCount.load(ordering: .relaxed) }
+    /// Blocks freed so far.
+    public var frees: Int { self.freeCount.load(ordering: .relaxed) }
+    /// Allocations the allocator refused (out of memory).
+    public var allocationFailures: Int { self.failureCount.load(ordering: .relaxed) }
+
+    public init(kind: WorkloadKind, allocator: BuddyAllocator, seed: UInt64) {
         self.kind = kind
         self.allocator = allocator
-        self.clock = clock
         self.totalPages = allocator.configuration.frameCount
         self.random = SeededRandom(seed: seed)
     }
 
-    /// Boots the workload (its resident set) and schedules its steps up to `end`.
-    func start(until end: Duration) {
+    /// Allocates the workload's resident set.
+    public func boot() {
         switch self.kind {
         case .idle: self.boot(fraction: 0.20)
         case .churn: self.boot(fraction: 0.30)
         case .memhog: self.boot(fraction: 0.10)
         case .fault: self.boot(fraction: 0.10)
         }
-        guard self.kind != .idle else { return }
-        self.scheduleStep(at: Self.tick, end: end)
-    }
-
-    private func scheduleStep(at time: Duration, end: Duration) {
-        guard time <= end else { return }
-        self.clock.schedule(at: time) { [self] in
-            self.step(at: time)
-            self.scheduleStep(at: time + Self.tick, end: end)
-        }
     }
 
     // MARK: Steps
 
-    private func step(at time: Duration) {
+    /// One step, due `time` after the start (steps are ``tick`` apart; `idle` does nothing).
+    public func step(at time: Duration) {
         switch self.kind {
         case .idle: break
         case .churn: self.churnStep()
@@ -136,7 +134,7 @@ final class WorkloadDriver: @unchecked Sendable {
         let type = migratetype ?? self.randomMigratetype()
         do {
             let frame = try self.allocator.allocate(order: order, migratetype: type)
-            self.allocations += 1
+            self.allocationCount.wrappingAdd(1, ordering: .relaxed)
             let packed = UInt64(frame) << 8 | UInt64(order)
             switch pool {
             case .resident:
@@ -148,7 +146,7 @@ final class WorkloadDriver: @unchecked Sendable {
             }
             return true
         } catch {
-            self.allocationFailures += 1
+            self.failureCount.wrappingAdd(1, ordering: .relaxed)
             return false
         }
     }
@@ -171,7 +169,7 @@ final class WorkloadDriver: @unchecked Sendable {
         let order = Int(packed & 0xFF)
         do {
             try self.allocator.free(frame: Int(packed >> 8), order: order)
-            self.frees += 1
+            self.freeCount.wrappingAdd(1, ordering: .relaxed)
             self.transientPages -= 1 << order
         } catch {
             // The driver only frees what it allocated; anything else is an allocator defect,
