@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "Broker", targets: ["Broker"]),
         .executable(name: "pagebrokerd", targets: ["pagebrokerd"]),
         .library(name: "GuestAgent", targets: ["GuestAgent"]),
+        .library(name: "Systemd", targets: ["Systemd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -77,6 +78,13 @@ let package = Package(
             ]
         ),
 
+        // MARK: Host service
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .target(
+            name: "Systemd",
+            dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")]
+        ),
+
         // MARK: Guest agent
         .target(
             name: "GuestAgent",
@@ -96,6 +104,7 @@ let package = Package(
             name: "pagebrokerd",
             dependencies: [
                 "Broker",
+                "Systemd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -162,6 +171,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "SystemdTests",
+            dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "BuddyAllocatorTests", dependencies: ["BuddyAllocator"]),
         .testTarget(name: "PageReportingTests", dependencies: ["PageReporting", "BuddyAllocator"]),

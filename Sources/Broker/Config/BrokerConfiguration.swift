@@ -19,6 +19,9 @@ public struct BrokerConfiguration: Hashable, Sendable {
     public var allowedUIDs: [UInt32] = []
     public var allowedGIDs: [UInt32] = []
     public var policies = PolicySet()
+    /// Where the broker keeps state across restarts (paused tenants); `nil` means
+    /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`) or `/var/lib/pagebrokerd`.
+    public var stateDirectory: String?
 
     public init() {}
 
@@ -48,13 +51,17 @@ public struct BrokerConfiguration: Hashable, Sendable {
         let top = try ConfigReader(root, path: "")
         try top.only([
             "listen", "admin_socket", "trust_domain", "tls", "limits", "shutdown_timeout", "admin", "default_tenant",
-            "tenants",
+            "tenants", "state_directory",
         ])
         if let value = try top.string("listen") {
             guard Self.splitHostPort(value) != nil else { throw top.bad("listen", "'\(value)' is not HOST:PORT") }
             configuration.listen = value
         }
         if let value = try top.string("admin_socket") { configuration.adminSocket = value }
+        if let value = try top.string("state_directory") {
+            guard value.hasPrefix("/") else { throw top.bad("state_directory", "'\(value)' is not an absolute path") }
+            configuration.stateDirectory = value
+        }
         if let value = try top.string("trust_domain") {
             guard (try? GuestIdentity.parse("spiffe://\(value)/tenant/t/guest/g", trustDomain: value)) != nil else {
                 throw top.bad(
