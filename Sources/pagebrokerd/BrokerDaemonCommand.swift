@@ -2,6 +2,8 @@ import ArgumentParser
 import Broker
 import Foundation
 import Logging
+import NIOPosix
+import Systemd
 
 /// `pagebrokerd`: the host-side broker for free page reporting.
 @main
@@ -16,7 +18,14 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
 
             --dev makes a throwaway PKI, listens on loopback and prints the commands to start guests.
 
-            Exit codes: 0 stopped cleanly, 1 failed to start or run, 2 bad flags or configuration.
+            Under systemd (deploy/pagebrokerd.service) it adopts the sockets of pagebrokerd.socket by
+            name (guest, admin), reports READY/STATUS/RELOADING/STOPPING and feeds the watchdog.
+            SIGHUP reloads the certificates, the CA bundle and the tenant policy without dropping
+            sessions (a broken configuration is refused and the old one stays); SIGTERM stops
+            accepting, fails reports in flight with shutting_down and exits within shutdown_timeout.
+
+            Exit codes: 0 stopped cleanly (or --check passed), 1 failed to start or run, 2 bad flags
+            or configuration.
             """
     )
 
@@ -40,6 +49,15 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("admin-socket"), help: "Admin Unix socket path.")
     var adminSocket: String?
+
+    @Option(
+        name: .customLong("state-directory"),
+        help: "Where paused tenants are kept across restarts (default: $STATE_DIRECTORY, else /var/lib/pagebrokerd)."
+    )
+    var stateDirectory: String?
+
+    @Flag(help: "Check the configuration, the TLS files and the state directory, then exit (0: good, 2: not).")
+    var check = false
 
     @Flag(help: "Development mode: throwaway PKI, loopback, any tenant admitted, instructions printed.")
     var dev = false
@@ -76,71 +94,134 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
                 "--log-level '\(self.logLevel)' is not one of trace, debug, info, notice, warning, error, critical"
             )
         }
+        // Under systemd, standard error is the journal: <N> prefixes keep the levels there.
+        let journal = JournalStream.isStandardErrorConnected()
         LoggingSystem.bootstrap { label in
+            if journal {
+                var handler = JournalLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
+        let devPKI = self.dev ? try self.makeDevPKI() : nil
+        let configuration: BrokerConfiguration
+        do {
+            configuration = try self.effectiveConfiguration(devPKI: devPKI)
+        } catch {
+            throw ValidationError(error.description)
+        }
+        if self.check {
+            try self.checkOnly(configuration)
+            return
+        }
+        let daemon = Daemon(
+            configuration: configuration,
+            reloadConfiguration: { [self] in try self.effectiveConfiguration(devPKI: devPKI) },
+            logger: Logger(label: "pagebrokerd")
+        )
+        try await daemon.run { address in
+            if let devPKI { self.printDevInstructions(devPKI, address: address, configuration: configuration) }
+        }
+    }
+
+    /// The configuration file with the flags (and `--dev`) applied: read at start and again on
+    /// every SIGHUP, so a reload sees exactly what a restart would.
+    func effectiveConfiguration(devPKI: DevPKI?) throws(ConfigurationProblem) -> BrokerConfiguration {
         var configuration: BrokerConfiguration
         do {
             configuration =
                 try self.config.map { path throws(ConfigError) in try BrokerConfiguration.load(path: path) }
                 ?? BrokerConfiguration()
         } catch {
-            throw ValidationError("\(self.config ?? ""): \(error)")
+            throw ConfigurationProblem("\(self.config ?? ""): \(error)")
         }
-        var devPKI: DevPKI?
-        if self.dev {
-            devPKI = try self.prepareDev(&configuration)
-        }
+        if let devPKI { Self.applyDev(devPKI, to: &configuration) }
         if let listen = self.listen { configuration.listen = listen }
         if let value = self.tlsCert { configuration.certificate = value }
         if let value = self.tlsKey { configuration.key = value }
         if let value = self.clientCA { configuration.clientCA = value }
         if let value = self.trustDomain { configuration.trustDomain = value }
         if let value = self.adminSocket { configuration.adminSocket = value }
+        if let value = self.stateDirectory { configuration.stateDirectory = value }
         guard BrokerConfiguration.splitHostPort(configuration.listen) != nil else {
-            throw ValidationError("--listen '\(configuration.listen)' is not HOST:PORT")
+            throw ConfigurationProblem("--listen '\(configuration.listen)' is not HOST:PORT")
         }
         for (name, value) in [
             ("--tls-cert (tls.certificate)", configuration.certificate), ("--tls-key (tls.key)", configuration.key),
             ("--client-ca (tls.client_ca)", configuration.clientCA),
             ("--trust-domain (trust_domain)", configuration.trustDomain),
         ] where value == nil {
-            throw ValidationError("\(name) is required (or use --dev)")
+            throw ConfigurationProblem("\(name) is required (or use --dev)")
         }
-        let daemon = Daemon(configuration: configuration, logger: Logger(label: "pagebrokerd"))
-        try await daemon.run { address in
-            if let devPKI { self.printDevInstructions(devPKI, address: address, configuration: configuration) }
-        }
+        return configuration
     }
 
-    private func prepareDev(_ configuration: inout BrokerConfiguration) throws -> DevPKI {
+    /// `--check`: everything a start would read, without binding anything.
+    private func checkOnly(_ configuration: BrokerConfiguration) throws {
+        guard let certificate = configuration.certificate, let key = configuration.key,
+            let clientCA = configuration.clientCA, let trustDomain = configuration.trustDomain
+        else { preconditionFailure("checked by effectiveConfiguration") }
+        let (host, port) = BrokerConfiguration.splitHostPort(configuration.listen)!
+        do {
+            _ = try BrokerServer(
+                configuration: BrokerServerConfiguration(
+                    host: host,
+                    port: port,
+                    certificateChainPath: certificate,
+                    privateKeyPath: key,
+                    clientCAPath: clientCA,
+                    trustDomain: trustDomain
+                ),
+                core: BrokerCore(policies: configuration.policies),
+                group: MultiThreadedEventLoopGroup.singleton,
+                logger: Logger(label: "pagebrokerd")
+            )
+            _ = try PauseStore(directory: Daemon.stateDirectory(configuration)).load()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let paused = configuration.policies.tenants.filter(\.value.paused).count
+        FileHandle.standardOutput.write(
+            Data(
+                ("configuration OK: listen \(configuration.listen), trust domain \(trustDomain), "
+                    + "\(configuration.policies.tenants.count) tenants (\(paused) paused), "
+                    + "default tenant \(configuration.policies.defaultPolicy == nil ? "refused" : "admitted")\n").utf8
+            )
+        )
+    }
+
+    private func makeDevPKI() throws -> DevPKI {
         let directory: String
         if let devDirectory = self.devDirectory {
             directory = devDirectory
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } else {
             directory =
                 FileManager.default.temporaryDirectory.appendingPathComponent(
                     "pagebrokerd-dev-\(UInt32.random(in: .min ... .max))"
                 ).path
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let pki = DevPKI(directory: directory, trustDomain: "dev.pagebroker.test")
         try pki.makeAuthority()
         for tenant in ["tenant-a", "tenant-b"] {
             for guest in ["guest-1", "guest-2"] { try pki.makeGuest(tenant: tenant, guest: guest) }
         }
+        return pki
+    }
+
+    private static func applyDev(_ pki: DevPKI, to configuration: inout BrokerConfiguration) {
         configuration.listen = "127.0.0.1:0"
         configuration.certificate = pki.brokerCertificate
         configuration.key = pki.brokerKey
         configuration.clientCA = pki.caCertificate
         configuration.trustDomain = pki.trustDomain
-        configuration.adminSocket = "\(directory)/admin.sock"
+        configuration.adminSocket = "\(pki.directory)/admin.sock"
+        configuration.stateDirectory = configuration.stateDirectory ?? "\(pki.directory)/state"
         configuration.allowedUIDs.append(getuid())
         if configuration.policies.defaultPolicy == nil { configuration.policies.defaultPolicy = TenantPolicy() }
-        return pki
     }
 
     private func printDevInstructions(_ pki: DevPKI, address: String, configuration: BrokerConfiguration) {
@@ -173,4 +254,10 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         // buffering would hold it back.
         FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }
+}
+
+/// A configuration that cannot be used, said in one line naming the file, key or flag at fault.
+struct ConfigurationProblem: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -12,6 +12,9 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
     public var reportsFailedByReason: [Int: Int]
     public var bytesReported: Int
     public var bytesReused: Int
+    /// Whether the tenant's reports are refused with `tenant_paused` (policy, not ledger: set
+    /// by the broker core).
+    public var paused = false
 
     public init(_ tenant: TenantLedger) {
         self.tenant = tenant.tenant

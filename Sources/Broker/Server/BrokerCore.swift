@@ -35,7 +35,12 @@ public final class BrokerCore: AdminBackend, Sendable {
 
     private struct State {
         var ledger = Ledger()
+        /// The policies in force: the configuration's, with `pauseOverrides` applied.
         var policies: PolicySet
+        /// The configuration's policies, as last loaded.
+        var configuredPolicies: PolicySet
+        /// Pause and resume set through the admin socket; they outlive reloads.
+        var pauseOverrides: [String: Bool] = [:]
         var buckets: [String: TokenBucket] = [:]
         var sessions: [GuestKey: SessionEntry] = [:]
         var nextSession: UInt64 = 0
@@ -60,7 +65,7 @@ public final class BrokerCore: AdminBackend, Sendable {
         version: String = "pagebrokerd 0.1",
         clock: @escaping @Sendable () -> Duration = { ContinuousClock.now - BrokerCore.epoch }
     ) {
-        var state = State(policies: policies)
+        var state = State(policies: policies, configuredPolicies: policies)
         for tenant in policies.tenants.keys { state.ledger.addTenant(tenant) }
         self.state = Mutex(state)
         self.maxSessions = maxSessions
@@ -77,10 +82,12 @@ public final class BrokerCore: AdminBackend, Sendable {
 
     // MARK: Configuration
 
-    /// Replaces the tenant policies (on reload). Rate limits restart full; sessions stay.
+    /// Replaces the tenant policies (on reload). Rate limits restart full; sessions stay; pause
+    /// and resume set through the admin socket still apply.
     public func updatePolicies(_ policies: PolicySet) {
         self.state.withLock { state in
-            state.policies = policies
+            state.configuredPolicies = policies
+            state.policies = Self.applying(state.pauseOverrides, to: policies)
             state.buckets = [:]
             for tenant in policies.tenants.keys { state.ledger.addTenant(tenant) }
         }
@@ -296,7 +303,13 @@ public final class BrokerCore: AdminBackend, Sendable {
     }
 
     public func tenants() -> [TenantSnapshot] {
-        self.state.withLock { $0.ledger.tenants() }.sorted { $0.tenant < $1.tenant }
+        self.state.withLock { state in
+            state.ledger.tenants().map { snapshot in
+                var snapshot = snapshot
+                snapshot.paused = state.policies.policy(for: snapshot.tenant)?.paused ?? false
+                return snapshot
+            }
+        }.sorted { $0.tenant < $1.tenant }
     }
 
     public func guests(tenant: String?) -> [GuestSnapshot] {
@@ -308,14 +321,40 @@ public final class BrokerCore: AdminBackend, Sendable {
     public func setPaused(tenant: String, paused: Bool) throws(AdminError) {
         try self.state.withLock { (state) throws(AdminError) in
             guard
-                var policy = state.policies.tenants[tenant]
-                    ?? (state.ledger.tenant(tenant) != nil ? state.policies.defaultPolicy : nil)
+                state.configuredPolicies.tenants[tenant] != nil
+                    || (state.ledger.tenant(tenant) != nil && state.configuredPolicies.defaultPolicy != nil)
             else {
                 throw AdminError(.unknownTenant, "no tenant \(tenant)")
             }
-            policy.paused = paused
-            state.policies.tenants[tenant] = policy
+            state.pauseOverrides[tenant] = paused
+            state.policies = Self.applying(state.pauseOverrides, to: state.configuredPolicies)
         }
+    }
+
+    /// Pause and resume set through the admin socket (tenant → paused), for the daemon to persist.
+    public var pauseOverrides: [String: Bool] { self.state.withLock { $0.pauseOverrides } }
+
+    /// Puts back pause overrides saved before a restart (or undoes a change that could not be
+    /// saved). Overrides for tenants the configuration no longer admits are kept, unused, in case
+    /// it admits them again.
+    public func restorePauseOverrides(_ overrides: [String: Bool]) {
+        self.state.withLock { state in
+            state.pauseOverrides = overrides
+            state.policies = Self.applying(overrides, to: state.configuredPolicies)
+            for tenant in state.policies.tenants.keys { state.ledger.addTenant(tenant) }
+        }
+    }
+
+    /// `policies` with the admin overrides applied; a tenant admitted only by the default policy
+    /// gets its own entry so that its pause applies to it alone.
+    private static func applying(_ overrides: [String: Bool], to policies: PolicySet) -> PolicySet {
+        var result = policies
+        for (tenant, paused) in overrides {
+            guard var policy = result.tenants[tenant] ?? result.defaultPolicy else { continue }
+            policy.paused = paused
+            result.tenants[tenant] = policy
+        }
+        return result
     }
 
     /// Whether a tenant is paused now.

@@ -110,6 +110,18 @@ public final class BrokerServer: Sendable {
         _ = try self.tls.reload()
     }
 
+    /// Reloads TLS from new paths (a reloaded configuration may name other files); the peer
+    /// checks stay the same. On failure the old certificate, key and CA bundle stay in force.
+    public func reloadTLS(certificateChainPath: String, privateKeyPath: String, clientCAPath: String) throws(TLSError) {
+        var configuration = self.configuration
+        configuration.certificateChainPath = certificateChainPath
+        configuration.privateKeyPath = privateKeyPath
+        configuration.clientCAPath = clientCAPath
+        _ = try self.tls.reload(
+            configuration: Self.tlsConfiguration(configuration, core: self.core, logger: self.logger)
+        )
+    }
+
     /// Binds the listener (or adopts `socket`, an already-listening file descriptor handed over
     /// by systemd) and starts accepting guests.
     public func start(adopting socket: CInt? = nil) async throws -> SocketAddress {
