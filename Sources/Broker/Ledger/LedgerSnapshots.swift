@@ -12,6 +12,9 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
     public var reportsFailedByReason: [Int: Int]
     public var bytesReported: Int
     public var bytesReused: Int
+    /// The tenant is paused: its reports fail with `tenant_paused`. A policy figure, not
+    /// the ledger's: ``BrokerCore`` fills it in.
+    public var paused: Bool = false
 
     public init(_ tenant: TenantLedger) {
         self.tenant = tenant.tenant
@@ -36,6 +39,7 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
         case reportsFailedByReason = "reports_failed_by_reason"
         case bytesReported = "bytes_reported"
         case bytesReused = "bytes_reused"
+        case paused
     }
 }
 

@@ -296,7 +296,14 @@ public final class BrokerCore: AdminBackend, Sendable {
     }
 
     public func tenants() -> [TenantSnapshot] {
-        self.state.withLock { $0.ledger.tenants() }.sorted { $0.tenant < $1.tenant }
+        self.state.withLock { state in
+            state.ledger.tenants().map { snapshot in
+                var snapshot = snapshot
+                snapshot.paused = state.policies.policy(for: snapshot.tenant)?.paused ?? false
+                return snapshot
+            }
+        }
+        .sorted { $0.tenant < $1.tenant }
     }
 
     public func guests(tenant: String?) -> [GuestSnapshot] {
