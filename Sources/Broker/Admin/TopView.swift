@@ -137,7 +137,9 @@ public struct TopFrame: Hashable, Sendable {
     public func render(width: Int = 100) -> String {
         var lines: [String] = []
         let state = self.shuttingDown ? "  SHUTTING DOWN" : ""
-        lines.append("pagebrokerd \(self.version)  up \(AdminFormat.duration(self.uptimeSeconds))\(state)")
+        // pagebrokerd reports its version as "pagebrokerd 0.1"; other backends may send a bare number.
+        let name = self.version.hasPrefix("pagebrokerd") ? self.version : "pagebrokerd \(self.version)"
+        lines.append("\(name)  up \(AdminFormat.duration(self.uptimeSeconds))\(state)")
         lines.append(
             "sessions \(self.sessions)  guests \(self.guestsConnected)/\(self.guests) connected  "
                 + "reclaimable \(AdminFormat.bytes(self.reclaimableBytes))"

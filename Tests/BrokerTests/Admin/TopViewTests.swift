@@ -142,6 +142,12 @@ struct TopViewTests {
                 """
         )
         #expect(text.split(separator: "\n").allSatisfy { $0.count <= 72 })
+
+        var named = Self.second
+        named.status.version = "pagebrokerd 0.1"
+        named.status.shuttingDown = true
+        let header = TopFrame(current: named, previous: nil).render().split(separator: "\n").first
+        #expect(header == "pagebrokerd 0.1  up 1m 42s  SHUTTING DOWN")
     }
 
     @Test("the first frame shows unknown rates as -; no tenants says so")
