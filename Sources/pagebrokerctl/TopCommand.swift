@@ -96,8 +96,8 @@ struct TopCommand: AsyncParsableCommand {
         return TopSample(status: BrokerStatus(status), tenants: list.tenants.map(TenantSnapshot.init), time: time())
     }
 
-    /// Ctrl-C (and SIGTERM) end the view cleanly: the terminal gets its screen and cursor
-    /// back before the process exits with status 0, as after the last of --iterations.
+    /// Ctrl-C (and SIGTERM, SIGHUP) end the view cleanly: the terminal gets its cursor back
+    /// before the process exits with status 0, as after the last of --iterations.
     static func stopOnSignals(_ screen: Screen) -> [any DispatchSourceSignal] {
         [SIGINT, SIGTERM, SIGHUP].map { signal in
             Glibc.signal(signal, SIG_IGN)
@@ -112,8 +112,9 @@ struct TopCommand: AsyncParsableCommand {
     }
 }
 
-/// Standard output for `top`: either a redrawn view on a terminal's alternate screen,
-/// or frames one after another. Writes are serialized so that a signal arriving in the
+/// Standard output for `top`: either a view redrawn in place on a terminal (clear and
+/// home, on the normal screen, so that the last frame and any error stay readable after
+/// exit), or frames one after another. Writes are serialized so that a signal arriving in the
 /// middle of a frame restores the terminal after it, not inside it.
 final class Screen: Sendable {
     private let redraw: Bool
@@ -136,12 +137,12 @@ final class Screen: Sendable {
         return 100
     }
 
-    /// Enters the alternate screen and hides the cursor, when redrawing.
+    /// Hides the cursor, when redrawing.
     func begin() {
         self.state.withLock { state in
             guard self.redraw, !state.started else { return }
             state.started = true
-            Self.write("\u{1B}[?1049h\u{1B}[?25l")
+            Self.write("\u{1B}[?25l")
         }
     }
 
@@ -158,12 +159,12 @@ final class Screen: Sendable {
         }
     }
 
-    /// Gives the terminal back: cursor shown, normal screen. Safe to call more than once.
+    /// Gives the terminal its cursor back. Safe to call more than once.
     func end() {
         self.state.withLock { state in
             guard state.started else { return }
             state.started = false
-            Self.write("\u{1B}[?25h\u{1B}[?1049l")
+            Self.write("\u{1B}[?25h")
         }
     }
 
