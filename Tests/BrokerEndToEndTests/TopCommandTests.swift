@@ -47,12 +47,16 @@ import Testing
             "run", "--broker", "127.0.0.1:\(broker.port)", "--server-name", "localhost",
             "--ca", TestPKI.path("ca.pem"), "--cert", TestPKI.path("client-t1-g2.pem"),
             "--key", TestPKI.path("client-t1-g2.key"), "--memory", "256MiB", "--workload", "churn",
-            "--duration", "6s", "--delay", "200ms", "--log-level", "warning",
+            "--duration", "60s", "--delay", "200ms", "--log-level", "warning",
         ]
         agent.standardOutput = FileHandle.nullDevice
         agent.standardError = FileHandle.nullDevice
         try agent.run()
-        defer { agent.waitUntilExit() }
+        // Connected for the whole test however slow the machine; stopped at the end.
+        defer {
+            if agent.isRunning { agent.terminate() }
+            agent.waitUntilExit()
+        }
 
         // Wait (bounded) until the guest has reports accepted, so the rates have something to show.
         let deadline = ContinuousClock.now + .seconds(10)
