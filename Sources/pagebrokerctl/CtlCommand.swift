@@ -21,6 +21,7 @@ struct CtlCommand: AsyncParsableCommand {
             """,
         subcommands: [
             StatusCommand.self, TenantsCommand.self, GuestsCommand.self, PauseCommand.self, ResumeCommand.self,
+            TopCommand.self,
         ]
     )
 
@@ -30,7 +31,7 @@ struct CtlCommand: AsyncParsableCommand {
 
     /// Without a subcommand there is nothing to do: that is bad usage, not a request for help.
     func run() async throws {
-        throw ValidationError("Missing subcommand: status, tenants, guests, pause or resume.")
+        throw ValidationError("Missing subcommand: status, tenants, guests, pause, resume or top.")
     }
 
     /// Parses and runs like `AsyncParsableCommand.main()`, except that bad usage exits
@@ -77,22 +78,42 @@ struct ConnectionOptions: ParsableArguments {
     /// Sends `request` on a fresh connection and returns the broker's answer, or
     /// prints why there is none and exits with the documented code.
     func send(_ request: Pagebroker_V1_AdminRequest) async throws -> Pagebroker_V1_AdminResponse {
-        let client: AdminClient
+        let client = try await self.connect()
         do {
-            client = try await AdminClient.connect(socketPath: self.socketPath)
+            let response = try await Self.ask(client, request)
+            await client.close()
+            return response
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
+
+    /// Connects to the admin socket, or prints why not and exits with
+    /// ``CtlExit/cannotConnect``.
+    func connect() async throws -> AdminClient {
+        do {
+            return try await AdminClient.connect(socketPath: self.socketPath)
         } catch {
             Terminal.error("\(error)\(Self.hint(for: error))")
             throw ExitCode(CtlExit.cannotConnect)
         }
+    }
+
+    /// Sends `request` on `client` and returns the broker's answer; a refusal or a
+    /// connection closed without an answer is printed and exits with
+    /// ``CtlExit/brokerFailed``.
+    static func ask(
+        _ client: AdminClient,
+        _ request: Pagebroker_V1_AdminRequest
+    ) async throws -> Pagebroker_V1_AdminResponse {
         let response: Pagebroker_V1_AdminResponse
         do {
             response = try await client.send(request)
         } catch {
-            await client.close()
             Terminal.error("no answer from the broker at \(error)")
             throw ExitCode(CtlExit.brokerFailed)
         }
-        await client.close()
         if case .error(let error)? = response.body {
             let error = AdminError(error)
             Terminal.error("the broker refused: \(error)")

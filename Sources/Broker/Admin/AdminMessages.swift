@@ -58,6 +58,7 @@ extension TenantSnapshot {
         }
         message.bytesReported = UInt64(clamping: self.bytesReported)
         message.bytesReused = UInt64(clamping: self.bytesReused)
+        message.paused = self.paused
         return message
     }
 
@@ -76,6 +77,7 @@ extension TenantSnapshot {
         self.reportsFailedByReason = byReason
         self.bytesReported = Int(clamping: message.bytesReported)
         self.bytesReused = Int(clamping: message.bytesReused)
+        self.paused = message.paused
     }
 }
 

@@ -39,6 +39,7 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
         case reportsFailedByReason = "reports_failed_by_reason"
         case bytesReported = "bytes_reported"
         case bytesReused = "bytes_reused"
+        case paused
     }
 }
 

@@ -368,6 +368,9 @@ public nonisolated struct Pagebroker_V1_TenantStatus: Sendable {
 
   public var bytesReused: UInt64 = 0
 
+  /// The tenant is paused: its reports fail with REASON_CODE_TENANT_PAUSED.
+  public var paused: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -930,7 +933,7 @@ nonisolated extension Pagebroker_V1_TenantList: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TenantStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guests\0\u{3}guests_connected\0\u{3}reclaimable_bytes\0\u{3}reports_ok\0\u{3}reports_failed\0\u{3}reports_failed_by_reason\0\u{3}bytes_reported\0\u{3}bytes_reused\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guests\0\u{3}guests_connected\0\u{3}reclaimable_bytes\0\u{3}reports_ok\0\u{3}reports_failed\0\u{3}reports_failed_by_reason\0\u{3}bytes_reported\0\u{3}bytes_reused\0\u{1}paused\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -947,6 +950,7 @@ nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftPr
       case 7: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufUInt64>.self, value: &self.reportsFailedByReason) }()
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.bytesReported) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.bytesReused) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.paused) }()
       default: break
       }
     }
@@ -980,6 +984,9 @@ nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftPr
     if self.bytesReused != 0 {
       try visitor.visitSingularUInt64Field(value: self.bytesReused, fieldNumber: 9)
     }
+    if self.paused != false {
+      try visitor.visitSingularBoolField(value: self.paused, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -993,6 +1000,7 @@ nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftPr
     if lhs.reportsFailedByReason != rhs.reportsFailedByReason {return false}
     if lhs.bytesReported != rhs.bytesReported {return false}
     if lhs.bytesReused != rhs.bytesReused {return false}
+    if lhs.paused != rhs.paused {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -52,7 +52,15 @@ final class FakeAdminBackend: AdminBackend {
 
     func status() -> BrokerStatus { self.fixedStatus }
 
-    func tenants() -> [TenantSnapshot] { self.fixedTenants }
+    /// The fixed figures, with the tenants paused through the admin socket marked so.
+    func tenants() -> [TenantSnapshot] {
+        let paused = self.paused.withLock { $0 }
+        return self.fixedTenants.map { tenant in
+            var tenant = tenant
+            tenant.paused = paused.contains(tenant.tenant)
+            return tenant
+        }
+    }
 
     func guests(tenant: String?) -> [GuestSnapshot] {
         self.fixedGuests.filter { tenant == nil || $0.tenant == tenant }

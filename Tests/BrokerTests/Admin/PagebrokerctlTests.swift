@@ -135,6 +135,58 @@ struct PagebrokerctlTests {
         }
     }
 
+    @Test("top --once prints one frame of the view, paused tenants marked")
+    func topOnce() async throws {
+        try await withAdminServer { path, backend in
+            try backend.setPaused(tenant: "beta", paused: true)
+            let output = try self.ctl(["--socket", path, "top", "--once"])
+            #expect(output.status == 0, "\(output.stderr)")
+            let lines = output.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            #expect(lines.first == "pagebrokerd 1.2.3  up 1d 2h")
+            #expect(lines.contains("sessions 2  guests 2/3 connected  reclaimable 1.5 GiB"))
+            #expect(lines.contains("reports 1200 ok, 7 failed"))
+            let acme = try #require(lines.first { $0.hasPrefix("acme ") })
+            let beta = try #require(lines.first { $0.hasPrefix("beta ") })
+            #expect(
+                acme.contains("1.5 GiB") && acme.contains("2/2") && acme.hasSuffix("-") && !acme.hasSuffix("PAUSED")
+            )
+            #expect(acme.contains(String(repeating: "█", count: 10)))
+            #expect(beta.contains("0 B") && beta.contains("0/1") && beta.hasSuffix("PAUSED") && !beta.contains("█"))
+        }
+    }
+
+    @Test("top --json --iterations 2: one object a line, rates from the second on")
+    func topJSON() async throws {
+        try await withAdminServer { path, _ in
+            let output = try self.ctl(["--socket", path, "top", "--json", "--iterations", "2", "--interval", "100ms"])
+            #expect(output.status == 0, "\(output.stderr)")
+            let lines = output.stdout.split(separator: "\n")
+            try #require(lines.count == 2, "\(output.stdout)")
+            let frames = try lines.map {
+                try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])
+            }
+            #expect(frames[0]["reports_ok_per_second"] is NSNull)
+            #expect(frames[0]["interval_seconds"] is NSNull)
+            // The fake broker's counters stand still: zero a second, measured over >= 100 ms.
+            #expect(frames[1]["reports_ok_per_second"] as? Double == 0)
+            #expect((frames[1]["interval_seconds"] as? Double ?? 0) >= 0.1)
+            let tenants = try #require(frames[1]["tenants"] as? [[String: Any]])
+            #expect(tenants.map { $0["tenant"] as? String } == ["acme", "beta"])
+            #expect(tenants[0]["reclaimable_bytes"] as? Int == 3 << 29)
+            #expect(tenants[0]["reports_failed_per_second"] as? Double == 0)
+        }
+    }
+
+    @Test("top exits 1 when the broker refuses, like the other commands")
+    func topRefused() async throws {
+        let access = AdminAccessPolicy(allowedUIDs: [], allowedGIDs: [], exemptRootAndDaemonUser: false)
+        try await withAdminServer(access: access) { path, _ in
+            let output = try self.ctl(["--socket", path, "top", "--once"])
+            #expect(output.status == 1)
+            #expect(output.stderr.contains("permission_denied"), "\(output.stderr)")
+        }
+    }
+
     // MARK: JSON
 
     @Test("tenants --json has the documented keys and values")
@@ -147,7 +199,7 @@ struct PagebrokerctlTests {
             let acme = try #require(tenants.first)
             for key in [
                 "tenant", "guests", "guests_connected", "reclaimable_bytes", "reports_ok", "reports_failed",
-                "reports_failed_by_reason", "bytes_reported", "bytes_reused",
+                "reports_failed_by_reason", "bytes_reported", "bytes_reused", "paused",
             ] {
                 #expect(acme[key] != nil, "missing \(key)")
             }
