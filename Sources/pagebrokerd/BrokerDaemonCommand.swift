@@ -41,6 +41,12 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("admin-socket"), help: "Admin Unix socket path.")
     var adminSocket: String?
 
+    @Option(
+        name: .customLong("metrics-listen"),
+        help: "Prometheus endpoint, HOST:PORT, serving GET /metrics (port 0: any free port; default: none)."
+    )
+    var metricsListen: String?
+
     @Flag(help: "Development mode: throwaway PKI, loopback, any tenant admitted, instructions printed.")
     var dev = false
 
@@ -99,6 +105,10 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         if let value = self.clientCA { configuration.clientCA = value }
         if let value = self.trustDomain { configuration.trustDomain = value }
         if let value = self.adminSocket { configuration.adminSocket = value }
+        if let value = self.metricsListen { configuration.metricsListen = value }
+        if let value = configuration.metricsListen, BrokerConfiguration.splitHostPort(value) == nil {
+            throw ValidationError("--metrics-listen '\(value)' is not HOST:PORT")
+        }
         guard BrokerConfiguration.splitHostPort(configuration.listen) != nil else {
             throw ValidationError("--listen '\(configuration.listen)' is not HOST:PORT")
         }

@@ -20,6 +20,12 @@ struct Daemon {
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let core = BrokerCore(policies: self.configuration.policies, maxSessions: self.configuration.maxSessions)
+        let metrics = DaemonMetrics(
+            listen: self.configuration.metricsListen,
+            core: core,
+            group: group,
+            logger: self.logger
+        )
         var serverConfiguration = BrokerServerConfiguration(
             host: host,
             port: port,
@@ -30,7 +36,13 @@ struct Daemon {
             session: self.configuration.session
         )
         serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
-        let server = try BrokerServer(configuration: serverConfiguration, core: core, group: group, logger: self.logger)
+        let server = try BrokerServer(
+            configuration: serverConfiguration,
+            core: core,
+            group: group,
+            logger: self.logger,
+            metrics: metrics?.metrics
+        )
         let address = try await server.start()
         let shown = Self.describe(address)
         let admin = AdminServer(
@@ -51,7 +63,16 @@ struct Daemon {
             try? await group.shutdownGracefully()
             throw error
         }
-        core.setListening([shown, "unix:\(self.configuration.adminSocket)"])
+        let metricsURL: String?
+        do {
+            metricsURL = try await metrics?.start()
+        } catch {
+            await server.stop(drainTimeout: .zero)
+            await admin.shutdown()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        core.setListening([shown, "unix:\(self.configuration.adminSocket)"] + (metricsURL.map { [$0] } ?? []))
         self.logger.info("admin socket ready", metadata: ["path": "\(self.configuration.adminSocket)"])
         ready(shown)
 
@@ -62,6 +83,7 @@ struct Daemon {
         )
         await server.stop(drainTimeout: self.configuration.shutdownTimeout)
         await admin.shutdown()
+        await metrics?.stop()
         try await group.shutdownGracefully()
         self.logger.info("stopped")
     }

@@ -19,6 +19,8 @@ public struct BrokerConfiguration: Hashable, Sendable {
     public var allowedUIDs: [UInt32] = []
     public var allowedGIDs: [UInt32] = []
     public var policies = PolicySet()
+    /// Prometheus endpoint (`GET /metrics`), `HOST:PORT`; `nil`: no metrics listener.
+    public var metricsListen: String?
 
     public init() {}
 
@@ -48,7 +50,7 @@ public struct BrokerConfiguration: Hashable, Sendable {
         let top = try ConfigReader(root, path: "")
         try top.only([
             "listen", "admin_socket", "trust_domain", "tls", "limits", "shutdown_timeout", "admin", "default_tenant",
-            "tenants",
+            "tenants", "metrics",
         ])
         if let value = try top.string("listen") {
             guard Self.splitHostPort(value) != nil else { throw top.bad("listen", "'\(value)' is not HOST:PORT") }
@@ -93,6 +95,13 @@ public struct BrokerConfiguration: Hashable, Sendable {
             try admin.only(["allowed_uids", "allowed_gids"])
             configuration.allowedUIDs = try admin.ids("allowed_uids") ?? []
             configuration.allowedGIDs = try admin.ids("allowed_gids") ?? []
+        }
+        if let metrics = try top.table("metrics") {
+            try metrics.only(["listen"])
+            if let value = try metrics.string("listen") {
+                guard Self.splitHostPort(value) != nil else { throw metrics.bad("listen", "'\(value)' is not HOST:PORT") }
+                configuration.metricsListen = value
+            }
         }
         if let table = try top.table("default_tenant") {
             configuration.policies.defaultPolicy = try Self.policy(table)
