@@ -99,7 +99,9 @@ public struct BrokerConfiguration: Hashable, Sendable {
         if let metrics = try top.table("metrics") {
             try metrics.only(["listen"])
             if let value = try metrics.string("listen") {
-                guard Self.splitHostPort(value) != nil else { throw metrics.bad("listen", "'\(value)' is not HOST:PORT") }
+                guard Self.splitHostPort(value) != nil else {
+                    throw metrics.bad("listen", "'\(value)' is not HOST:PORT")
+                }
                 configuration.metricsListen = value
             }
         }
