@@ -92,7 +92,6 @@ public final class BrokerMetrics: Sendable {
 
     /// Records one report's round trip: from its frame reaching the session handler to its
     /// `ReportResult` being written.
-    @inline(__always)
     public func recordReportRoundTrip(_ duration: Duration) {
         self.roundTrip.record(duration)
     }
