@@ -1,3 +1,4 @@
+import BrokerProtocol
 import Foundation
 import NIOCore
 import NIOPosix
@@ -76,6 +77,20 @@ import Testing
         #expect(broker.logText.contains("metrics listening"))
         #expect(broker.logText.contains("127.0.0.1:\(port)"))
 
+        // A guest of a tenant the broker does not know is refused in the handshake; a known one
+        // sends a report that is not aligned.
+        let stranger = try await RawGuest.connect(
+            port: broker.port,
+            certificate: TestPKI.path("client-t9-g1.pem"),
+            key: TestPKI.path("client-t9-g1.key")
+        )
+        try? await stranger.send(RawGuest.hello)
+        #expect(await stranger.waitClosed())
+        let raw = try await RawGuest.connect(port: broker.port, tenant: "t3", guest: "g1")
+        #expect(try await raw.start() != nil)
+        #expect(try await raw.report(seq: 1, [(1, 9)])?.reason == .notAligned)
+        await raw.close()
+
         let agents = try [("t1", "g2", "churn"), ("t2", "g1", "memhog")].map {
             try fleet.startAgent(port: broker.port, tenant: $0.0, guest: $0.1, workload: $0.2, duration: "4s")
         }
@@ -117,6 +132,11 @@ import Testing
             answered += Double(tenant.reportsOK + tenant.reportsFailed)
         }
         #expect(tenants.contains { $0.tenant == "t1" && $0.reclaimableBytes > 0 })
+        #expect(tenants.first { $0.tenant == "t3" }?.reportsFailed == 1)
+        #expect(
+            Self.sample(text, "pagebroker_reports_total{tenant=\"t3\",result=\"failed\",reason=\"not_aligned\"}") == 1
+        )
+        #expect(Self.sample(text, "pagebroker_handshake_failures_total{reason=\"unknown_tenant\"}") == 1)
         // Every report was timed once, from its frame's arrival to its result's write.
         #expect(answered > 0)
         #expect(Self.sample(text, "pagebroker_report_round_trip_seconds_count") == answered)
