@@ -59,6 +59,12 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
     @Flag(help: "Check the configuration, the TLS files and the state directory, then exit (0: good, 2: not).")
     var check = false
 
+    @Option(
+        name: .customLong("metrics-listen"),
+        help: "Prometheus endpoint, HOST:PORT, serving GET /metrics (port 0: any free port; default: none)."
+    )
+    var metricsListen: String?
+
     @Flag(help: "Development mode: throwaway PKI, loopback, any tenant admitted, instructions printed.")
     var dev = false
 
@@ -146,6 +152,10 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         if let value = self.trustDomain { configuration.trustDomain = value }
         if let value = self.adminSocket { configuration.adminSocket = value }
         if let value = self.stateDirectory { configuration.stateDirectory = value }
+        if let value = self.metricsListen { configuration.metricsListen = value }
+        if let value = configuration.metricsListen, BrokerConfiguration.splitHostPort(value) == nil {
+            throw ConfigurationProblem("--metrics-listen '\(value)' is not HOST:PORT")
+        }
         guard BrokerConfiguration.splitHostPort(configuration.listen) != nil else {
             throw ConfigurationProblem("--listen '\(configuration.listen)' is not HOST:PORT")
         }

@@ -57,6 +57,12 @@ struct Daemon {
         }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let metrics = DaemonMetrics(
+            listen: self.configuration.metricsListen,
+            core: core,
+            group: group,
+            logger: self.logger
+        )
         var serverConfiguration = BrokerServerConfiguration(
             host: host,
             port: port,
@@ -67,7 +73,13 @@ struct Daemon {
             session: self.configuration.session
         )
         serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
-        let server = try BrokerServer(configuration: serverConfiguration, core: core, group: group, logger: self.logger)
+        let server = try BrokerServer(
+            configuration: serverConfiguration,
+            core: core,
+            group: group,
+            logger: self.logger,
+            metrics: metrics?.metrics
+        )
         let address = try await server.start(adopting: inherited[Self.guestSocketName])
         let shown = Self.describe(address)
         let admin = AdminServer(
@@ -84,17 +96,28 @@ struct Daemon {
         let adminListener: AdminServer.Listener =
             inherited[Self.adminSocketName].map { .boundSocket($0) }
             ?? .unixDomainSocket(path: self.configuration.adminSocket)
+        let metricsURL: String?
         do {
-            try await admin.start(adminListener)
+            metricsURL = try await metrics?.start()
         } catch {
             await server.stop(drainTimeout: .zero)
             try? await group.shutdownGracefully()
             throw error
         }
+        // Before the admin socket answers: under socket activation the connection that started
+        // the broker is already waiting, and its `status` must show the listeners.
         let adminShown =
             inherited[Self.adminSocketName] == nil
             ? "unix:\(self.configuration.adminSocket)" : "unix:(socket-activated)"
-        core.setListening([shown, adminShown])
+        core.setListening([shown, adminShown] + (metricsURL.map { [$0] } ?? []))
+        do {
+            try await admin.start(adminListener)
+        } catch {
+            await server.stop(drainTimeout: .zero)
+            await metrics?.stop()
+            try? await group.shutdownGracefully()
+            throw error
+        }
         self.logger.info("admin socket ready", metadata: ["listener": "\(adminListener)"])
 
         let service = ServiceState(configuration: self.configuration, logger: self.logger)
@@ -112,6 +135,7 @@ struct Daemon {
         service.notify { $0.stopBegan(status: stoppingStatus) }
         await server.stop(drainTimeout: timeout)
         await admin.shutdown()
+        await metrics?.stop()
         try await group.shutdownGracefully()
         self.logger.info("stopped")
     }

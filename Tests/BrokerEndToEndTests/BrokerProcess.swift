@@ -89,7 +89,10 @@ final class BrokerProcess: Sendable {
                 "--config", "\(directory)/pagebrokerd.yaml", "--listen", "127.0.0.1:0",
                 "--tls-cert", TestPKI.path("server.pem"), "--tls-key", TestPKI.path("server.key"),
                 "--client-ca", TestPKI.path("ca.pem"), "--admin-socket", "\(directory)/admin.sock",
-            ] + extraArguments
+            ]
+            // Each broker keeps its pause state to itself unless a test shares one on purpose.
+            + (extraArguments.contains("--state-directory") ? [] : ["--state-directory", "\(directory)/state"])
+            + extraArguments
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice

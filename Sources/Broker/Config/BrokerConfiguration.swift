@@ -22,6 +22,8 @@ public struct BrokerConfiguration: Hashable, Sendable {
     /// Where the broker keeps state across restarts (paused tenants); `nil` means
     /// `$STATE_DIRECTORY` (set by systemd's `StateDirectory=`) or `/var/lib/pagebrokerd`.
     public var stateDirectory: String?
+    /// Prometheus endpoint (`GET /metrics`), `HOST:PORT`; `nil`: no metrics listener.
+    public var metricsListen: String?
 
     public init() {}
 
@@ -51,7 +53,7 @@ public struct BrokerConfiguration: Hashable, Sendable {
         let top = try ConfigReader(root, path: "")
         try top.only([
             "listen", "admin_socket", "trust_domain", "tls", "limits", "shutdown_timeout", "admin", "default_tenant",
-            "tenants", "state_directory",
+            "tenants", "state_directory", "metrics",
         ])
         if let value = try top.string("listen") {
             guard Self.splitHostPort(value) != nil else { throw top.bad("listen", "'\(value)' is not HOST:PORT") }
@@ -100,6 +102,15 @@ public struct BrokerConfiguration: Hashable, Sendable {
             try admin.only(["allowed_uids", "allowed_gids"])
             configuration.allowedUIDs = try admin.ids("allowed_uids") ?? []
             configuration.allowedGIDs = try admin.ids("allowed_gids") ?? []
+        }
+        if let metrics = try top.table("metrics") {
+            try metrics.only(["listen"])
+            if let value = try metrics.string("listen") {
+                guard Self.splitHostPort(value) != nil else {
+                    throw metrics.bad("listen", "'\(value)' is not HOST:PORT")
+                }
+                configuration.metricsListen = value
+            }
         }
         if let table = try top.table("default_tenant") {
             configuration.policies.defaultPolicy = try Self.policy(table)

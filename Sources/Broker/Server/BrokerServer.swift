@@ -45,6 +45,8 @@ public struct BrokerServerConfiguration: Sendable {
 public final class BrokerServer: Sendable {
     public let configuration: BrokerServerConfiguration
     public let core: BrokerCore
+    /// Where sessions record report round trips; `nil`: no metrics, no clock reads for them.
+    public let metrics: BrokerMetrics?
     private let tls: ReloadableTLSContext
     private let group: any EventLoopGroup
     private let logger: Logger
@@ -56,10 +58,12 @@ public final class BrokerServer: Sendable {
         configuration: BrokerServerConfiguration,
         core: BrokerCore,
         group: any EventLoopGroup,
-        logger: Logger
+        logger: Logger,
+        metrics: BrokerMetrics? = nil
     ) throws(TLSError) {
         self.configuration = configuration
         self.core = core
+        self.metrics = metrics
         self.group = group
         self.logger = logger
         self.tls = try ReloadableTLSContext(
@@ -129,7 +133,7 @@ public final class BrokerServer: Sendable {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [tls, core, configuration, logger] channel in
+            .childChannelInitializer { [tls, core, configuration, logger, metrics] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let limit = FrameSizeLimit()
                     let sync = channel.pipeline.syncOperations
@@ -142,7 +146,8 @@ public final class BrokerServer: Sendable {
                             configuration: configuration.session,
                             trustDomain: configuration.trustDomain,
                             limit: limit,
-                            logger: logger
+                            logger: logger,
+                            metrics: metrics
                         )
                     )
                 }

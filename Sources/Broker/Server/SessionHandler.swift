@@ -14,6 +14,7 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let core: BrokerCore
     private let trustDomain: String
     private let limit: FrameSizeLimit
+    private let metrics: BrokerMetrics?
     private var logger: Logger
     private var machine: SessionStateMachine
     private var identity: GuestIdentity?
@@ -27,11 +28,13 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         configuration: SessionConfiguration,
         trustDomain: String,
         limit: FrameSizeLimit,
-        logger: Logger
+        logger: Logger,
+        metrics: BrokerMetrics? = nil
     ) {
         self.core = core
         self.trustDomain = trustDomain
         self.limit = limit
+        self.metrics = metrics
         self.logger = logger
         self.machine = SessionStateMachine(configuration: configuration, now: core.now)
     }
@@ -91,7 +94,13 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        self.perform(self.machine.receive(frame, now: self.core.now))
+        let now = self.core.now
+        self.perform(self.machine.receive(frame, now: now))
+        // A report is answered within `perform` (accounted, and its result written through the
+        // encoder and TLS), so the time since `now` is its round trip in the broker.
+        if let metrics = self.metrics, case .report = frame.body {
+            metrics.recordReportRoundTrip(self.core.now - now)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

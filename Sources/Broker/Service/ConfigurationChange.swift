@@ -3,7 +3,7 @@
 /// A reload swaps the TLS certificate, key and CA bundle (new handshakes use them), the tenant
 /// policies, and the shutdown timeout, without touching sessions. Listeners, the trust domain
 /// (it is part of every session's identity), session limits (announced in each `ServerHello`),
-/// admin access and the state directory stay as they were until a restart.
+/// admin access, the metrics listener and the state directory stay as they were until a restart.
 public enum ConfigurationChange {
     /// The keys whose change a reload from `old` to `new` does not apply, as
     /// `docs/configuration.md` names them.
@@ -13,6 +13,7 @@ public enum ConfigurationChange {
         check("listen", old.listen != new.listen)
         check("admin_socket", old.adminSocket != new.adminSocket)
         check("state_directory", old.stateDirectory != new.stateDirectory)
+        check("metrics.listen", old.metricsListen != new.metricsListen)
         check("trust_domain", old.trustDomain != new.trustDomain)
         check("limits.max_sessions", old.maxSessions != new.maxSessions)
         check("limits", old.session != new.session)

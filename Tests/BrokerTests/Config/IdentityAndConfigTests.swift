@@ -75,6 +75,8 @@ import Testing
                 max_reports_per_second: 500.5
                 burst: 1000
                 max_guests: 4
+            metrics:
+              listen: 127.0.0.1:9464
             """
         )
         #expect(configuration.listen == "0.0.0.0:7443")
@@ -97,12 +99,14 @@ import Testing
             configuration.policies.tenants["acme"]
                 == TenantPolicy(paused: true, maxReportsPerSecond: 500.5, burst: 1000, maxGuests: 4)
         )
+        #expect(configuration.metricsListen == "127.0.0.1:9464")
     }
 
     @Test func emptyFileGivesDefaults() throws {
         let configuration = try BrokerConfiguration.parse("")
         #expect(configuration.listen == "127.0.0.1:7443")
         #expect(configuration.policies.defaultPolicy == nil)
+        #expect(configuration.metricsListen == nil)
     }
 
     @Test(arguments: [
@@ -114,6 +118,9 @@ import Testing
         ("trust_domain: Example.ORG\n", .badValue, "trust_domain", 1),
         ("tenants:\n  acme:\n    paused: maybe\n", .badValue, "tenants.acme.paused", 3),
         ("admin:\n  allowed_uids: root\n", .badValue, "admin.allowed_uids", 2),
+        ("tenants: {}\nmetrics:\n  listen: 9464\n", .badValue, "metrics.listen", 3),
+        ("metrics:\n  port: 9464\n", .unknownKey, "metrics.port", 2),
+        ("metrics: 127.0.0.1:9464\n", .badValue, "metrics", 1),
     ])
     func badConfigurationNamesKeyAndLine(text: String, code: ConfigError.Code, key: String, line: Int) {
         do {
