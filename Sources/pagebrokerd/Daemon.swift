@@ -30,6 +30,9 @@ struct Daemon {
         else {
             preconditionFailure("configuration was checked by the command")
         }
+        // Trapped before anything starts: a SIGTERM during start-up then stops the broker
+        // cleanly once it is up, instead of killing it half-started.
+        let signals = await UnixSignalsSequence(trapping: .sighup, .sigterm, .sigint)
         let inherited = try SocketActivation.assign(
             SocketActivation.takeSockets(),
             roles: [Self.guestSocketName, Self.adminSocketName],
@@ -128,7 +131,7 @@ struct Daemon {
         let background = try self.startBackgroundWork(service: service, core: core, group: group)
         defer { for task in background { task.cancel() } }
 
-        let signal = await self.serveSignals(service: service, server: server, core: core)
+        let signal = await self.serveSignals(signals, service: service, server: server, core: core)
         let timeout = service.shutdownTimeout
         self.logger.info("received \(signal), shutting down", metadata: ["timeout": "\(timeout)"])
         let stoppingStatus = "stopping: \(core.sessionCount) sessions draining"
@@ -183,8 +186,13 @@ struct Daemon {
     }
 
     /// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives; returns that signal's name.
-    private func serveSignals(service: ServiceState, server: BrokerServer, core: BrokerCore) async -> String {
-        for await signal in await UnixSignalsSequence(trapping: .sighup, .sigterm, .sigint) {
+    private func serveSignals(
+        _ signals: UnixSignalsSequence,
+        service: ServiceState,
+        server: BrokerServer,
+        core: BrokerCore
+    ) async -> String {
+        for await signal in signals {
             guard signal == .sighup else { return "\(signal)" }
             service.notify { $0.reloadBegan(monotonicMicroseconds: NotifyMessage.monotonicMicroseconds()) }
             service.reload(from: self.reloadConfiguration, server: server, core: core)

@@ -13,9 +13,12 @@ final class SpawnedProcess: Sendable {
 
     /// Starts `executable` with `arguments`; standard output and error go to one pipe read by a
     /// thread, and `onOutput` sees the text so far after every read.
+    /// `asJournal` sets `JOURNAL_STREAM` to the output pipe's device and inode, as systemd
+    /// does when a service's output goes to journald.
     init(
         _ executable: String,
         _ arguments: [String],
+        asJournal: Bool = false,
         onOutput: @escaping @Sendable (String) -> Void = { _ in }
     ) throws {
         var pipe: [CInt] = [0, 0]
@@ -31,8 +34,16 @@ final class SpawnedProcess: Sendable {
         posix_spawn_file_actions_adddup2(&actions, pipe[1], 2)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        var environment = ProcessInfo.processInfo.environment
+        if asJournal {
+            var info = stat()
+            fstat(pipe[1], &info)
+            environment["JOURNAL_STREAM"] = "\(info.st_dev):\(info.st_ino)"
+        }
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for pointer in envp { free(pointer) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        let result = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         close(pipe[1])
         guard result == 0 else {
             close(pipe[0])

@@ -261,4 +261,29 @@ import Testing
         let log = process.text
         #expect(log.contains("unknown_descriptor_name"), "\(log)")
     }
+
+    @Test func underJournaldLinesCarryPriorities() throws {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("pagebrokerd-journal-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try ActivatedBroker.writeConfiguration(to: "\(directory)/c.yaml", directory: directory, tenants: ["t1"])
+        let listening = DispatchSemaphore(value: 0)
+        let broker = try SpawnedProcess(
+            builtProduct("pagebrokerd"),
+            [
+                "--config", "\(directory)/c.yaml", "--listen", "127.0.0.1:0", "--admin-socket",
+                "\(directory)/admin.sock",
+            ],
+            asJournal: true
+        ) { text in
+            if text.contains("admin socket ready") { listening.signal() }
+        }
+        #expect(listening.wait(timeout: .now() + .seconds(30)) == .success)
+        broker.signal(SIGTERM)
+        #expect(broker.wait() == 0)
+        let lines = broker.text.split(separator: "\n")
+        #expect(lines.contains { $0.hasPrefix("<6>pagebrokerd: listening for guests") }, "\(broker.text)")
+        #expect(lines.allSatisfy { $0.first == "<" }, "every line has a priority: \(broker.text)")
+        #expect(!broker.text.contains("+0000"), "no timestamps: the journal has its own")
+    }
 }
