@@ -1,5 +1,5 @@
-/// The one line `systemctl status pagebrokerd` shows (`STATUS=`): the live figures and how the
-/// last reload went.
+/// The one line `systemctl status pagebrokerd` shows (`STATUS=`), in `pagebrokerctl`'s units:
+/// the live figures and how the last reload went.
 public enum ServiceStatusLine {
     /// The outcome of the last SIGHUP.
     public enum Reload: Hashable, Sendable {
@@ -15,7 +15,7 @@ public enum ServiceStatusLine {
         }
         var line =
             "\(status.tenants) tenants, \(status.guestsConnected) guests connected, "
-            + "\(ByteCountFormat.string(status.reclaimableBytes)) reclaimable"
+            + "\(AdminFormat.bytes(status.reclaimableBytes)) reclaimable"
         switch lastReload {
         case nil:
             break

@@ -136,8 +136,8 @@ import Testing
             ServiceStatusLine.render(self.status(shuttingDown: true), lastReload: nil)
                 == "stopping: 6 sessions draining"
         )
-        #expect(ByteCountFormat.string(1023) == "1023 B")
-        #expect(ByteCountFormat.string(1536) == "1.5 KiB")
+        #expect(AdminFormat.bytes(1023) == "1023 B")
+        #expect(AdminFormat.bytes(1536) == "1.5 KiB")
     }
 
     @Test func restartOnlyKeys() {
