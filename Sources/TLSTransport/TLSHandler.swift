@@ -19,13 +19,19 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     /// Largest TLS record payload; coalesced small writes are cut at this size.
     private static let maxRecordPayload = 16_384
+    /// Spare buffers larger than this are not kept: an idle session should not hold on to the
+    /// storage of a handshake flight or a bulk transfer (ten thousand sessions multiply it).
+    private static let maxSpareCapacity = 2_048
 
     private let tlsContext: TLSContext
     private let connection: TLSConnection
     private var state = TLSConnectionStateMachine()
 
     /// Plaintext written by the application and not yet given to OpenSSL.
-    private var pendingWrites: CircularBuffer<(buffer: ByteBuffer, promise: EventLoopPromise<Void>?)> = .init()
+    /// Small to start with: it grows on demand, and every idle connection holds its storage.
+    private var pendingWrites = CircularBuffer<(buffer: ByteBuffer, promise: EventLoopPromise<Void>?)>(
+        initialCapacity: 4
+    )
     /// A flush arrived before the handshake completed.
     private var flushRequested = false
     /// Ciphertext drained from OpenSSL, waiting to go to the socket in one write.
@@ -276,6 +282,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.handshakeTimer = nil
         // The last handshake flight (the client's Finished) must go out even if no data follows.
         self.sendCiphertext(context: context)
+        // Nothing from the handshake is worth keeping per connection: not the BIOs' buffers
+        // (sized for certificate flights) nor the flight's ciphertext buffer.
+        self.connection.replaceBIOs()
+        self.spareCiphertext = nil
 
         let info = self.connection.handshakeInfo
         if let validator = self.tlsContext.configuration.peerValidator {
@@ -311,7 +321,7 @@ public final class TLSHandler: ChannelDuplexHandler {
             spare.clear()  // allocates fresh storage only if a later handler still holds the old
             plaintext = spare
         } else {
-            plaintext = context.channel.allocator.buffer(capacity: max(self.lastInboundBytes, 1024))
+            plaintext = context.channel.allocator.buffer(capacity: self.plaintextReadSize)
         }
         var outcome: TLSConnectionStateMachine.Action = .none
         let ssl = self.connection.ssl
@@ -319,7 +329,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         ERR_clear_error()
         readLoop: while true {
             var result: Int32 = 0
-            plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: 1024) { space in
+            plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: self.plaintextReadSize) { space in
                 result = SSL_read(ssl, space.baseAddress, Int32(clamping: space.count))
                 return result > 0 ? Int(result) : 0
             }
@@ -366,10 +376,16 @@ public final class TLSHandler: ChannelDuplexHandler {
             // Within channelRead the channel's own channelReadComplete follows the read cycle.
             if !self.inChannelRead { context.fireChannelReadComplete() }
         }
-        self.sparePlaintext = plaintext
+        if plaintext.capacity <= Self.maxSpareCapacity { self.sparePlaintext = plaintext }
         // Reads can produce ciphertext too (alerts, KeyUpdate answers).
         self.sendCiphertext(context: context)
         self.perform(outcome, context: context)
+    }
+
+    /// Room for one SSL_read: the plaintext of what just arrived is never larger than its
+    /// ciphertext, and a larger record still arrives whole over several SSL_reads.
+    private var plaintextReadSize: Int {
+        min(max(self.lastInboundBytes, 256), Self.maxRecordPayload)
     }
 
     /// Whether plaintext read together with `outcome` goes to the application.
@@ -482,7 +498,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
         self.outboundCiphertext = nil
         context.writeAndFlush(self.wrapOutboundOut(ciphertext), promise: promise)
-        self.spareCiphertext = ciphertext
+        if ciphertext.capacity <= Self.maxSpareCapacity { self.spareCiphertext = ciphertext }
     }
 
     /// Ties a plaintext write's promise to the next ciphertext write.

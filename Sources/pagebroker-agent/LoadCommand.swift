@@ -490,12 +490,27 @@ private struct IdleSessionsMeasurement {
 
     /// VmRSS of `pid` in KiB.
     static func residentKiB(pid: Int32) -> Int? {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        guard let status = readProcFile("/proc/\(pid)/status") else { return nil }
         for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return Int(line.dropFirst("VmRSS:".count).split(separator: " ").first ?? "")
+            return Int(line.dropFirst("VmRSS:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
         }
         return nil
     }
+}
+
+/// The text of a /proc file (which report a size of 0, so they are read until EOF).
+func readProcFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { break }
+        bytes += chunk[0..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 /// CPU time (user + system) of a process, in microseconds.
@@ -509,7 +524,7 @@ enum CPUTime {
 
     /// From /proc/PID/stat (utime and stime, fields 14 and 15, in clock ticks).
     static func ofProcess(_ pid: Int32) -> Double? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        guard let stat = readProcFile("/proc/\(pid)/stat"),
             let afterName = stat.lastIndex(of: ")")
         else { return nil }
         // Fields after the parenthesised name start with field 3 (state).
