@@ -7,7 +7,8 @@
 //   tls-echo-peer client PORT CERT KEY CA ROUNDS SIZE
 //       connects to 127.0.0.1:PORT, sends ROUNDS frames of SIZE body bytes one at a time,
 //       waiting for each echo, and prints
-//       "RESULT rounds=N p50_us=.. p99_us=.. mean_us=.. rate_per_s=..".
+//       "RESULT rounds=N p50_us=.. p99_us=.. mean_us=.. rate_per_s=.. cpu_us=..", where cpu_us is
+//       the client's CPU time (user + system) per measured round trip.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -93,6 +95,12 @@ static int serve(const char *cert, const char *key, const char *ca) {
     return 0;  // not reached: the bench stops the server with a signal
 }
 
+static double cpu_us(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return (double)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + (double)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
 static int compare(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
@@ -125,21 +133,26 @@ static int run_client(int port, const char *cert, const char *key, const char *c
     uint64_t *latency = malloc(sizeof(uint64_t) * (size_t)rounds);
 
     uint64_t started = 0;
+    double cpu_started = 0;
     for (int i = -WARMUP_ROUNDS; i < rounds; i++) {
-        if (i == 0) started = now_ns();
+        if (i == 0) {
+            started = now_ns();
+            cpu_started = cpu_us();
+        }
         uint64_t t0 = now_ns();
         if (SSL_write(ssl, frame, 4 + size) <= 0) die("SSL_write");
         if (!read_full(ssl, echo, 4 + (size_t)size)) die("SSL_read");
         if (i >= 0) latency[i] = now_ns() - t0;
     }
     uint64_t total = now_ns() - started;
+    double cpu = (cpu_us() - cpu_started) / rounds;
     if (memcmp(frame, echo, 4 + (size_t)size) != 0) die("echo differs");
     SSL_shutdown(ssl);
 
     qsort(latency, (size_t)rounds, sizeof(uint64_t), compare);
-    printf("RESULT rounds=%d p50_us=%.2f p99_us=%.2f mean_us=%.2f rate_per_s=%.0f\n", rounds,
+    printf("RESULT rounds=%d p50_us=%.2f p99_us=%.2f mean_us=%.2f rate_per_s=%.0f cpu_us=%.2f\n", rounds,
            latency[rounds / 2] / 1000.0, latency[(size_t)rounds * 99 / 100] / 1000.0,
-           (double)total / rounds / 1000.0, rounds / (total / 1e9));
+           (double)total / rounds / 1000.0, rounds / (total / 1e9), cpu);
     return 0;
 }
 

@@ -1,7 +1,9 @@
 import NIOCore
 
-/// Hand-written encoding and decoding of `Frame { report { seq, blocks } }`,
-/// the one frame on the hot path (a guest sends one per reporting batch).
+/// Hand-written encoding and decoding of `Frame { report { seq, blocks } }` and
+/// `Frame { report_result { seq, reason, retry_after_ms } }` (without a message), the two
+/// frames on the hot path: a guest sends one report per reporting batch, the broker answers
+/// each with one result.
 ///
 /// SwiftProtobuf's generic path costs about 0.6 µs each way for a 32-block
 /// report: it sizes nested messages once per enclosing level before writing
@@ -19,6 +21,10 @@ package enum ReportFrameCodec {
     private static let frameReportTag: UInt8 = 0x1A  // Frame field 3, length-delimited
     private static let seqTag: UInt8 = 0x08  // Report field 1, varint
     private static let blocksTag: UInt8 = 0x12  // Report field 2, length-delimited (packed)
+    private static let frameResultTag: UInt8 = 0x22  // Frame field 4, length-delimited
+    private static let resultSeqTag: UInt8 = 0x08  // ReportResult field 1, varint
+    private static let resultReasonTag: UInt8 = 0x10  // ReportResult field 2, varint (enum)
+    private static let resultRetryTag: UInt8 = 0x18  // ReportResult field 3, varint
 
     /// Writes `frame` with its length prefix if it is a plain report frame.
     ///
@@ -29,6 +35,9 @@ package enum ReportFrameCodec {
         into buffer: inout ByteBuffer,
         maxFrameSize: Int
     ) throws(FrameError) -> Bool {
+        if case .reportResult(let result) = frame.body {
+            return try self.writeResult(result, frame: frame, into: &buffer, maxFrameSize: maxFrameSize)
+        }
         guard case .report(let report) = frame.body, frame.unknownFields.data.isEmpty,
             report.unknownFields.data.isEmpty
         else { return false }
@@ -70,14 +79,67 @@ package enum ReportFrameCodec {
         return true
     }
 
-    /// Decodes a frame body that is exactly one report, or returns `nil` for
-    /// SwiftProtobuf to decide.
+    /// A report result without a message (every OK, most failures) with its length prefix.
+    private static func writeResult(
+        _ result: Pagebroker_V1_ReportResult,
+        frame: Pagebroker_V1_Frame,
+        into buffer: inout ByteBuffer,
+        maxFrameSize: Int
+    ) throws(FrameError) -> Bool {
+        let reason = result.reason.rawValue
+        guard result.message.isEmpty, frame.unknownFields.data.isEmpty, result.unknownFields.data.isEmpty,
+            reason >= 0, reason <= Int(Int32.max)
+        else { return false }
+        var resultSize = 0
+        if result.seq != 0 { resultSize += 1 + varintSize(result.seq) }
+        if reason != 0 { resultSize += 1 + varintSize(UInt64(reason)) }
+        if result.retryAfterMs != 0 { resultSize += 1 + varintSize(UInt64(result.retryAfterMs)) }
+        let frameSize = 1 + varintSize(UInt64(resultSize)) + resultSize
+        guard frameSize <= maxFrameSize else {
+            throw FrameError(code: .frameTooLarge, frameLength: frameSize, maxFrameSize: maxFrameSize)
+        }
+        let total = WireProtocol.lengthPrefixSize + frameSize
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
+            var out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            var length = UInt32(frameSize).bigEndian
+            withUnsafeBytes(of: &length) {
+                out.update(from: $0.baseAddress!.assumingMemoryBound(to: UInt8.self), count: 4)
+            }
+            out += 4
+            out.pointee = frameResultTag
+            out += 1
+            writeVarint(UInt64(resultSize), to: &out)
+            if result.seq != 0 {
+                out.pointee = resultSeqTag
+                out += 1
+                writeVarint(result.seq, to: &out)
+            }
+            if reason != 0 {
+                out.pointee = resultReasonTag
+                out += 1
+                writeVarint(UInt64(reason), to: &out)
+            }
+            if result.retryAfterMs != 0 {
+                out.pointee = resultRetryTag
+                out += 1
+                writeVarint(UInt64(result.retryAfterMs), to: &out)
+            }
+            return total
+        }
+        return true
+    }
+
+    /// Decodes a frame body that is exactly one report, or one report result without a
+    /// message, or returns `nil` for SwiftProtobuf to decide.
     package static func decode(_ body: RawSpan) -> Pagebroker_V1_Frame? {
         body.withUnsafeBytes { raw -> Pagebroker_V1_Frame? in
             var reader = Reader(raw)
-            guard reader.byte() == frameReportTag, let reportSize = reader.varint(),
-                reportSize == UInt64(reader.remaining)
-            else { return nil }
+            switch reader.byte() {
+            case frameReportTag: break
+            case frameResultTag: return decodeResult(&reader)
+            default: return nil
+            }
+            guard let reportSize = reader.varint(), reportSize == UInt64(reader.remaining) else { return nil }
 
             var report = Pagebroker_V1_Report()
             while reader.remaining > 0 {
@@ -104,6 +166,34 @@ package enum ReportFrameCodec {
             frame.body = .report(report)
             return frame
         }
+    }
+
+    /// The rest of a frame body after the `report_result` tag.
+    private static func decodeResult(_ reader: inout Reader) -> Pagebroker_V1_Frame? {
+        guard let resultSize = reader.varint(), resultSize == UInt64(reader.remaining) else { return nil }
+        var result = Pagebroker_V1_ReportResult()
+        while reader.remaining > 0 {
+            switch reader.byte() {
+            case resultSeqTag:
+                guard let seq = reader.varint() else { return nil }
+                result.seq = seq
+            case resultReasonTag:
+                // Values SwiftProtobuf would truncate to a negative Int32 are left to it.
+                guard let value = reader.varint(), value <= UInt64(Int32.max),
+                    let reason = Pagebroker_V1_ReasonCode(rawValue: Int(value))
+                else { return nil }
+                result.reason = reason
+            case resultRetryTag:
+                // SwiftProtobuf truncates a uint32 varint to its low 32 bits.
+                guard let value = reader.varint() else { return nil }
+                result.retryAfterMs = UInt32(truncatingIfNeeded: value)
+            default:
+                return nil
+            }
+        }
+        var frame = Pagebroker_V1_Frame()
+        frame.body = .reportResult(result)
+        return frame
     }
 
     private static func varintSize(_ value: UInt64) -> Int {

@@ -44,6 +44,12 @@ public struct TLSConfiguration: Sendable {
     /// Returning an error refuses the peer: the error is fired down the pipeline and the
     /// connection is closed before any application data is delivered.
     public var peerValidator: (@Sendable (TLSPeerCertificate) -> TLSError?)?
+    /// Largest plaintext per record this side sends (512 ... 16384; `nil`: OpenSSL's 16384).
+    ///
+    /// OpenSSL keeps a write buffer of this size plus overhead for each connection's life. A
+    /// peer that only ever sends small messages (the broker: results, hellos, pings) loses
+    /// nothing by a smaller limit, and ten thousand sessions keep 12 KiB less each at 4096.
+    public var maxSendFragment: Int? = nil
 
     public init(
         role: Role,

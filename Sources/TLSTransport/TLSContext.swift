@@ -54,6 +54,11 @@ public final class TLSContext: @unchecked Sendable {
             pb_ssl_ctx_set_max_proto_version(context, TLS1_3_VERSION) == 1
         else { throw fail("setting protocol versions") }
         pb_ssl_ctx_set_hardened_options(context)
+        if let fragment = configuration.maxSendFragment {
+            guard (512...16_384).contains(fragment),
+                SSL_CTX_ctrl(context, SSL_CTRL_SET_MAX_SEND_FRAGMENT, fragment, nil) == 1
+            else { throw fail("setting the maximum send fragment to \(fragment)") }
+        }
         // SSL_MODE_RELEASE_BUFFERS is deliberately left unset: it frees and reallocates the
         // record buffers between records (a malloc per read) and has a history of
         // use-after-free bugs with memory BIOs.

@@ -19,13 +19,19 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     /// Largest TLS record payload; coalesced small writes are cut at this size.
     private static let maxRecordPayload = 16_384
+    /// Spare buffers larger than this are not kept: an idle session should not hold on to the
+    /// storage of a handshake flight or a bulk transfer (ten thousand sessions multiply it).
+    private static let maxSpareCapacity = 2_048
 
     private let tlsContext: TLSContext
     private let connection: TLSConnection
     private var state = TLSConnectionStateMachine()
 
     /// Plaintext written by the application and not yet given to OpenSSL.
-    private var pendingWrites: CircularBuffer<(buffer: ByteBuffer, promise: EventLoopPromise<Void>?)> = .init()
+    /// Small to start with: it grows on demand, and every idle connection holds its storage.
+    private var pendingWrites = CircularBuffer<(buffer: ByteBuffer, promise: EventLoopPromise<Void>?)>(
+        initialCapacity: 4
+    )
     /// A flush arrived before the handshake completed.
     private var flushRequested = false
     /// Ciphertext drained from OpenSSL, waiting to go to the socket in one write.
@@ -36,6 +42,15 @@ public final class TLSHandler: ChannelDuplexHandler {
     private var coalescingBuffer: ByteBuffer?
     /// Size hint for the next plaintext read: at most this much ciphertext just arrived.
     private var lastInboundBytes = 0
+    /// The last plaintext buffer passed on, kept so the next read can reuse its storage once
+    /// the handlers after us have let go of it (`clear()` allocates only if they have not).
+    private var sparePlaintext: ByteBuffer?
+    /// The last ciphertext buffer written, kept for the same reason: the socket write usually
+    /// completes within the flush, so the next drain reuses the storage without a malloc.
+    private var spareCiphertext: ByteBuffer?
+    /// Inside `channelRead`: plaintext read now is followed by `channelReadComplete` from the
+    /// channel, so it is not fired per read.
+    private var inChannelRead = false
     private var handshakeTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
 
@@ -82,11 +97,19 @@ public final class TLSHandler: ChannelDuplexHandler {
             // A memory BIO grows to take everything; the write cannot be partial.
             _ = BIO_write(self.connection.inbound, bytes.baseAddress, Int32(bytes.count))
         }
+        self.inChannelRead = true
+        defer { self.inChannelRead = false }
         if self.state.isHandshaking {
             self.driveHandshake(context: context)
         } else {
             self.readApplicationData(context: context)
         }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        // One read complete per socket read cycle, however many records it carried, so the
+        // handlers after us flush once for all of them.
+        context.fireChannelReadComplete()
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -259,6 +282,10 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.handshakeTimer = nil
         // The last handshake flight (the client's Finished) must go out even if no data follows.
         self.sendCiphertext(context: context)
+        // Nothing from the handshake is worth keeping per connection: not the BIOs' buffers
+        // (sized for certificate flights) nor the flight's ciphertext buffer.
+        self.connection.replaceBIOs()
+        self.spareCiphertext = nil
 
         let info = self.connection.handshakeInfo
         if let validator = self.tlsContext.configuration.peerValidator {
@@ -288,32 +315,49 @@ public final class TLSHandler: ChannelDuplexHandler {
 
     /// Decrypts everything OpenSSL can give us now into one buffer and passes it on once.
     private func readApplicationData(context: ChannelHandlerContext) {
-        var plaintext: ByteBuffer?
+        var plaintext: ByteBuffer
+        if var spare = self.sparePlaintext {
+            self.sparePlaintext = nil
+            spare.clear()  // allocates fresh storage only if a later handler still holds the old
+            plaintext = spare
+        } else {
+            plaintext = context.channel.allocator.buffer(capacity: self.plaintextReadSize)
+        }
         var outcome: TLSConnectionStateMachine.Action = .none
+        let ssl = self.connection.ssl
 
+        ERR_clear_error()
         readLoop: while true {
-            var buffer = plaintext ?? context.channel.allocator.buffer(capacity: max(self.lastInboundBytes, 1024))
             var result: Int32 = 0
-            ERR_clear_error()
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 1024) { space in
-                result = SSL_read(self.connection.ssl, space.baseAddress, Int32(clamping: space.count))
+            plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: self.plaintextReadSize) { space in
+                result = SSL_read(ssl, space.baseAddress, Int32(clamping: space.count))
                 return result > 0 ? Int(result) : 0
             }
-            plaintext = buffer
             self.drainOutboundBIO(context: context)
-            if result > 0 { continue }
+            if result > 0 {
+                // Nothing buffered in OpenSSL and no ciphertext left: another SSL_read could
+                // only answer WANT_READ. (A close_notify or alert that came along is still in
+                // the BIO, so it is read.)
+                if SSL_pending(ssl) == 0 && SSL_has_pending(ssl) == 0
+                    && BIO_ctrl_pending(self.connection.inbound) == 0
+                {
+                    break readLoop
+                }
+                continue
+            }
 
-            switch SSL_get_error(self.connection.ssl, result) {
+            switch SSL_get_error(ssl, result) {
             case SSL_ERROR_WANT_READ:
                 break readLoop
             case SSL_ERROR_WANT_WRITE:
                 // Memory BIOs never refuse a write; the ciphertext has been drained. Go on.
+                ERR_clear_error()
                 continue
             case SSL_ERROR_ZERO_RETURN:
                 outcome = self.state.closeNotifyReceived()
                 break readLoop
             case SSL_ERROR_SSL:
-                outcome = self.state.failed(TLSError.sslFailure(ssl: self.connection.ssl, duringHandshake: false))
+                outcome = self.state.failed(TLSError.sslFailure(ssl: ssl, duringHandshake: false))
                 break readLoop
             case let code:
                 let error = TLSError(
@@ -327,13 +371,21 @@ public final class TLSHandler: ChannelDuplexHandler {
 
         // Data that arrived before a close_notify or an error is still the peer's data; it is
         // only dropped once we ourselves are closing.
-        if let plaintext, plaintext.readableBytes > 0, self.deliversData(after: outcome) {
+        if plaintext.readableBytes > 0, self.deliversData(after: outcome) {
             context.fireChannelRead(self.wrapInboundOut(plaintext))
-            context.fireChannelReadComplete()
+            // Within channelRead the channel's own channelReadComplete follows the read cycle.
+            if !self.inChannelRead { context.fireChannelReadComplete() }
         }
+        if plaintext.capacity <= Self.maxSpareCapacity { self.sparePlaintext = plaintext }
         // Reads can produce ciphertext too (alerts, KeyUpdate answers).
         self.sendCiphertext(context: context)
         self.perform(outcome, context: context)
+    }
+
+    /// Room for one SSL_read: the plaintext of what just arrived is never larger than its
+    /// ciphertext, and a larger record still arrives whole over several SSL_reads.
+    private var plaintextReadSize: Int {
+        min(max(self.lastInboundBytes, 256), Self.maxRecordPayload)
     }
 
     /// Whether plaintext read together with `outcome` goes to the application.
@@ -418,7 +470,16 @@ public final class TLSHandler: ChannelDuplexHandler {
     private func drainOutboundBIO(context: ChannelHandlerContext) {
         let pending = Int(BIO_ctrl_pending(self.connection.outbound))
         guard pending > 0 else { return }
-        var buffer = self.outboundCiphertext ?? context.channel.allocator.buffer(capacity: pending)
+        var buffer: ByteBuffer
+        if let collected = self.outboundCiphertext {
+            buffer = collected
+        } else if var spare = self.spareCiphertext {
+            self.spareCiphertext = nil
+            spare.clear()  // allocates fresh storage only if the socket has not written the old yet
+            buffer = spare
+        } else {
+            buffer = context.channel.allocator.buffer(capacity: pending)
+        }
         self.outboundCiphertext = nil
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { space in
             Int(max(0, BIO_read(self.connection.outbound, space.baseAddress, Int32(clamping: pending))))
@@ -437,6 +498,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
         self.outboundCiphertext = nil
         context.writeAndFlush(self.wrapOutboundOut(ciphertext), promise: promise)
+        if ciphertext.capacity <= Self.maxSpareCapacity { self.spareCiphertext = ciphertext }
     }
 
     /// Ties a plaintext write's promise to the next ciphertext write.

@@ -75,9 +75,9 @@ public enum TLSEvent: Sendable, Hashable {
 final class TLSConnection {
     let ssl: OpaquePointer
     /// Ciphertext from the network, read by OpenSSL.
-    let inbound: OpaquePointer
+    private(set) var inbound: OpaquePointer
     /// Ciphertext produced by OpenSSL, to be sent to the network.
-    let outbound: OpaquePointer
+    private(set) var outbound: OpaquePointer
 
     init(ssl: OpaquePointer, inbound: OpaquePointer, outbound: OpaquePointer) {
         self.ssl = ssl
@@ -87,6 +87,36 @@ final class TLSConnection {
 
     deinit {
         SSL_free(self.ssl)  // frees both BIOs too
+    }
+
+    /// Swaps in fresh memory BIOs, moving over any bytes still in the old ones.
+    ///
+    /// A memory BIO's buffer only ever grows: after the handshake both hold a buffer sized for
+    /// the largest handshake flight (certificates included, kilobytes each), for the life of
+    /// the connection. Fresh BIOs grow only to what application records need, which across
+    /// thousands of idle sessions is most of the difference. Does nothing if OpenSSL cannot
+    /// allocate the new BIOs.
+    func replaceBIOs() {
+        guard let inbound = BIO_new(BIO_s_mem()) else { return }
+        guard let outbound = BIO_new(BIO_s_mem()) else {
+            BIO_free(inbound)
+            return
+        }
+        pb_bio_set_mem_eof_return(inbound, -1)
+        Self.move(from: self.inbound, to: inbound)
+        Self.move(from: self.outbound, to: outbound)
+        SSL_set_bio(self.ssl, inbound, outbound)  // frees the old pair
+        self.inbound = inbound
+        self.outbound = outbound
+    }
+
+    private static func move(from old: OpaquePointer, to new: OpaquePointer) {
+        let pending = Int(BIO_ctrl_pending(old))
+        guard pending > 0 else { return }
+        var bytes = [UInt8](repeating: 0, count: pending)
+        let count = bytes.withUnsafeMutableBytes { pb_bio_read(old, $0.baseAddress, Int32(clamping: pending)) }
+        // A memory BIO grows to take everything; the write cannot be partial.
+        _ = bytes.withUnsafeBytes { BIO_write(new, $0.baseAddress, count) }
     }
 
     var handshakeInfo: TLSHandshakeInfo {

@@ -57,12 +57,34 @@ struct LoadCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the summary.")
     var json = false
 
+    @Option(
+        name: .customLong("idle-sessions"),
+        help:
+            "Instead of loading: open this many sessions (guest i as with --cert-dir), let them idle, and measure the broker's RSS per session (needs --broker-pid)."
+    )
+    var idleSessions: Int?
+
+    @Option(
+        name: .customLong("broker-pid"),
+        help: "The broker's process id: its CPU time per report is shown too; needed by --idle-sessions."
+    )
+    var brokerPID: Int32?
+
+    @Option(name: .customLong("connect-batch"), help: "With --idle-sessions: sessions opened at a time.")
+    var connectBatch: Int = 250
+
     func validate() throws {
         guard self.guests > 0 else { throw ValidationError("--guests must be positive") }
         guard self.window > 0 else { throw ValidationError("--window must be positive") }
         guard (1...256).contains(self.blocks) else { throw ValidationError("--blocks must be in 1...256") }
         guard self.threads > 0 else { throw ValidationError("--threads must be positive") }
         guard self.duration > .zero else { throw ValidationError("--duration must be positive") }
+        if let idle = self.idleSessions {
+            guard idle > 0 else { throw ValidationError("--idle-sessions must be positive") }
+            guard self.brokerPID != nil else { throw ValidationError("--idle-sessions needs --broker-pid") }
+            guard self.certDirectory != nil else { throw ValidationError("--idle-sessions needs --cert-dir") }
+            guard self.connectBatch > 0 else { throw ValidationError("--connect-batch must be positive") }
+        }
         if self.certDirectory == nil {
             guard self.brokerOptions.cert != nil, self.brokerOptions.key != nil else {
                 throw ValidationError("give --cert and --key, or --cert-dir")
@@ -74,6 +96,21 @@ struct LoadCommand: ParsableCommand {
         self.brokerOptions.bootstrapLogging()
         var logger = Logger(label: "pagebroker.load")
         logger.logLevel = Logger.Level(rawValue: self.brokerOptions.logLevel) ?? .info
+        if let sessions = self.idleSessions, let pid = self.brokerPID, let directory = self.certDirectory {
+            try IdleSessionsMeasurement(
+                brokerOptions: self.brokerOptions,
+                certDirectory: directory,
+                sessions: sessions,
+                brokerPID: pid,
+                batch: self.connectBatch,
+                threads: self.threads,
+                hold: self.duration,
+                connectTimeout: self.connectTimeout,
+                json: self.json,
+                logger: logger
+            ).run()
+            return
+        }
         let contexts = try (0..<self.guests).map { index in
             if let directory = self.certDirectory {
                 return try self.brokerOptions.tlsContext(
@@ -116,6 +153,8 @@ struct LoadCommand: ParsableCommand {
         let stopAt = NIODeadline.now() + TimeAmount(self.duration)
         let finished = DispatchGroup()
         let started = ContinuousClock.now
+        let agentCPUBefore = CPUTime.ofThisProcess()
+        let brokerCPUBefore = self.brokerPID.flatMap(CPUTime.ofProcess)
         for (index, connection) in connections.enumerated() {
             for lane in 0..<self.window {
                 finished.enter()
@@ -134,22 +173,30 @@ struct LoadCommand: ParsableCommand {
         }
         finished.wait()
         let elapsed = Units.seconds(ContinuousClock.now - started)
+        let agentCPU = CPUTime.ofThisProcess() - agentCPUBefore
+        let brokerCPU = brokerCPUBefore.flatMap { before in
+            self.brokerPID.flatMap(CPUTime.ofProcess).map { $0 - before }
+        }
         for connection in connections {
             do { try connection.shutdown().wait() } catch {
                 logger.debug("close failed", metadata: ["error": "\(error)"])
             }
         }
-        let summary = recorder.summary(
+        var summary = recorder.summary(
             seconds: elapsed,
             guests: self.guests,
             reconnects: connections.reduce(0) { $0 + $1.statistics.reconnects }
         )
+        if summary.reports > 0 {
+            summary.agentCPUPerReport = agentCPU / Double(summary.reports)
+            summary.brokerCPUPerReport = brokerCPU.map { $0 / Double(summary.reports) }
+        }
         var stdout = FileHandleStream.standardOutput
         stdout.write((self.json ? summary.json() : summary.text()) + "\n")
     }
 
     /// Waits for `future` or `deadline`, whichever completes first; `true` if `future` did.
-    private static func wait(_ future: EventLoopFuture<Void>, orUntil deadline: EventLoopFuture<Void>) -> Bool {
+    static func wait(_ future: EventLoopFuture<Void>, orUntil deadline: EventLoopFuture<Void>) -> Bool {
         let done = DispatchSemaphore(value: 0)
         let succeeded = Atomic<Int>(0)
         future.whenComplete { result in
@@ -280,7 +327,9 @@ private final class LatencyRecorder: Sendable {
             p99: percentile(0.99),
             p999: percentile(0.999),
             max: Int(samples.last ?? 0),
-            reconnects: reconnects
+            reconnects: reconnects,
+            agentCPUPerReport: nil,
+            brokerCPUPerReport: nil
         )
     }
 }
@@ -298,9 +347,15 @@ struct LoadSummary: Encodable {
     var p999: Int
     var max: Int
     var reconnects: Int
+    /// This process's CPU time (user + system) per accepted report, in microseconds.
+    var agentCPUPerReport: Double?
+    /// The broker's CPU time per accepted report, in microseconds (with --broker-pid).
+    var brokerCPUPerReport: Double?
 
     enum CodingKeys: String, CodingKey {
         case guests, seconds, reports, errors, reconnects
+        case agentCPUPerReport = "agent_cpu_us_per_report"
+        case brokerCPUPerReport = "broker_cpu_us_per_report"
         case errorCodes = "error_codes"
         case reportsPerSecond = "reports_per_second"
         case p50 = "p50_us"
@@ -327,6 +382,155 @@ struct LoadSummary: Encodable {
                 + ")"
         }
         if self.reconnects > 0 { text += "; \(self.reconnects) reconnects" }
+        if let agent = self.agentCPUPerReport {
+            text += "; CPU per report: agent \(Units.fixed(agent, 1)) us"
+            if let broker = self.brokerCPUPerReport { text += ", broker \(Units.fixed(broker, 1)) us" }
+        }
         return text
+    }
+}
+
+/// `load --idle-sessions N --broker-pid PID`: the broker's resident memory per idle session.
+///
+/// Opens N sessions in batches (each waits for its ServerHello before the next batch starts, so
+/// the broker's handshake timeout never bites), lets them settle, and reads VmRSS from
+/// /proc/PID/status: before the first session, after the first batch, after all N. The figure is
+/// (after - before) / N; (after - first batch) / (N - batch) leaves out one-time costs (thread
+/// caches, OpenSSL's lazy initialisation) and is printed beside it.
+private struct IdleSessionsMeasurement {
+    var brokerOptions: BrokerOptions
+    var certDirectory: String
+    var sessions: Int
+    var brokerPID: Int32
+    var batch: Int
+    var threads: Int
+    var hold: Duration
+    var connectTimeout: Duration
+    var json: Bool
+    var logger: Logger
+
+    func run() throws {
+        var stderr = FileHandleStream.standardError
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: self.threads)
+        defer { try? group.syncShutdownGracefully() }
+        let geometry = GuestGeometry(pageSize: 4096, totalPages: 1 << 20, minOrder: 9, maxOrder: 10)
+        guard let before = Self.residentKiB(pid: self.brokerPID) else {
+            stderr.write("load: cannot read /proc/\(self.brokerPID)/status\n")
+            throw ExitCode.failure
+        }
+        stderr.write("broker RSS before: \(before) KiB\n")
+        var connections: [AgentConnection] = []
+        connections.reserveCapacity(self.sessions)
+        var afterFirstBatch = before
+        let started = ContinuousClock.now
+        while connections.count < self.sessions {
+            let first = connections.count
+            let count = min(self.batch, self.sessions - first)
+            var wave: [AgentConnection] = []
+            for index in first..<(first + count) {
+                let context = try self.brokerOptions.tlsContext(
+                    cert: "\(self.certDirectory)/guest-\(index).pem",
+                    key: "\(self.certDirectory)/guest-\(index).key"
+                )
+                let connection = AgentConnection(
+                    configuration: self.brokerOptions.agentConfiguration(context: context),
+                    geometry: geometry,
+                    eventLoopGroup: group,
+                    logger: self.logger
+                )
+                connection.start()
+                wave.append(connection)
+            }
+            connections += wave
+            let ready = EventLoopFuture.whenAllSucceed(wave.map { $0.activeSession() }, on: group.next())
+            let deadline = group.next().scheduleTask(in: TimeAmount(self.connectTimeout)) {}
+            let cameUp = LoadCommand.wait(ready.map { _ in () }, orUntil: deadline.futureResult)
+            deadline.cancel()
+            guard cameUp else {
+                let connected = connections.filter { $0.statistics.sessions > 0 }.count
+                stderr.write("load: only \(connected) of \(connections.count) sessions came up\n")
+                for connection in connections { _ = try? connection.shutdown().wait() }
+                throw ExitCode.failure
+            }
+            let rss = Self.residentKiB(pid: self.brokerPID) ?? 0
+            if first == 0 { afterFirstBatch = rss }
+            let seconds = Units.seconds(ContinuousClock.now - started)
+            stderr.write(
+                "\(connections.count)/\(self.sessions) sessions, broker RSS \(rss) KiB, \(Units.fixed(seconds, 1)) s\n"
+            )
+        }
+        // Let the last handshakes' garbage go and the sessions go quiet.
+        Thread.sleep(forTimeInterval: 3)
+        let after = Self.residentKiB(pid: self.brokerPID) ?? 0
+        let reconnects = connections.reduce(0) { $0 + $1.statistics.reconnects }
+        let perSession = Double(after - before) / Double(self.sessions)
+        let marginal =
+            self.sessions > self.batch
+            ? Double(after - afterFirstBatch) / Double(self.sessions - self.batch) : perSession
+        if self.json {
+            print(
+                "{\"sessions\":\(self.sessions),\"rss_before_kib\":\(before),\"rss_after_kib\":\(after),"
+                    + "\"kib_per_session\":\(Units.fixed(perSession, 2)),"
+                    + "\"kib_per_session_after_first_batch\":\(Units.fixed(marginal, 2)),\"reconnects\":\(reconnects)}"
+            )
+        } else {
+            print(
+                "\(self.sessions) idle sessions: broker RSS \(before) KiB -> \(after) KiB, "
+                    + "\(Units.fixed(perSession, 2)) KiB per session "
+                    + "(\(Units.fixed(marginal, 2)) KiB after the first \(self.batch)); \(reconnects) reconnects"
+            )
+        }
+        if self.hold > .zero && self.hold < .seconds(3600) {
+            Thread.sleep(forTimeInterval: Units.seconds(self.hold))
+        }
+        stderr.write("closing \(connections.count) sessions\n")
+        let closed = connections.map { $0.shutdown() }
+        for future in closed { _ = try? future.wait() }
+    }
+
+    /// VmRSS of `pid` in KiB.
+    static func residentKiB(pid: Int32) -> Int? {
+        guard let status = readProcFile("/proc/\(pid)/status") else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.dropFirst("VmRSS:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
+        }
+        return nil
+    }
+}
+
+/// The text of a /proc file (which report a size of 0, so they are read until EOF).
+func readProcFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard count > 0 else { break }
+        bytes += chunk[0..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// CPU time (user + system) of a process, in microseconds.
+enum CPUTime {
+    static func ofThisProcess() -> Double {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+    }
+
+    /// From /proc/PID/stat (utime and stime, fields 14 and 15, in clock ticks).
+    static func ofProcess(_ pid: Int32) -> Double? {
+        guard let stat = readProcFile("/proc/\(pid)/stat"),
+            let afterName = stat.lastIndex(of: ")")
+        else { return nil }
+        // Fields after the parenthesised name start with field 3 (state).
+        let fields = stat[stat.index(after: afterName)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return (user + system) / ticks * 1e6
     }
 }

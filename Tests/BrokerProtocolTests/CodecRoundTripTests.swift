@@ -123,3 +123,79 @@ struct ReportFastPathTests {
         }
     }
 }
+
+@Suite("Report result fast path")
+struct ReportResultFastPathTests {
+    static func results() -> [Pagebroker_V1_Frame] {
+        var frames: [Pagebroker_V1_Frame] = []
+        let seqs: [UInt64] = [0, 1, 127, 128, 1 << 35, UInt64.max]
+        let retries: [UInt32] = [0, 1, 300, UInt32.max]
+        for seq in seqs {
+            for reason in Pagebroker_V1_ReasonCode.allCases {
+                for retry in retries {
+                    var frame = Pagebroker_V1_Frame()
+                    frame.reportResult = .with {
+                        $0.seq = seq
+                        $0.reason = reason
+                        $0.retryAfterMs = retry
+                    }
+                    frames.append(frame)
+                }
+            }
+        }
+        return frames
+    }
+
+    @Test("results without a message encode to SwiftProtobuf's exact bytes and decode back")
+    func matchesSwiftProtobuf() throws {
+        for frame in Self.results() {
+            var fast = ByteBuffer()
+            var reference = ByteBuffer()
+            #expect(try ReportFrameCodec.write(frame, into: &fast, maxFrameSize: 1 << 20))
+            try FrameEncoder.writeWithSwiftProtobuf(frame, into: &reference, maxFrameSize: 1 << 20)
+            #expect(fast == reference)
+            let body = Array(fast.readableBytesView.dropFirst(4))
+            #expect(ReportFrameCodec.decode(body.span.bytes) == frame)
+            #expect(try FrameParser.decodeBodyWithSwiftProtobuf(body.span.bytes) == frame)
+        }
+    }
+
+    @Test("a result with a message goes through SwiftProtobuf")
+    func messageTakesTheGenericPath() throws {
+        var frame = Pagebroker_V1_Frame()
+        frame.reportResult = .with {
+            $0.seq = 9
+            $0.reason = .notAligned
+            $0.message = "block 3 is not aligned to order 9"
+        }
+        var buffer = ByteBuffer()
+        #expect(try !ReportFrameCodec.write(frame, into: &buffer, maxFrameSize: 1 << 20))
+        #expect(buffer.readableBytes == 0)
+        let encoded = try framed(frame)
+        #expect(ReportFrameCodec.decode(Array(encoded.dropFirst(4)).span.bytes) == nil)
+        #expect(try FrameParser.decodeBody(Array(encoded.dropFirst(4)).span.bytes) == frame)
+    }
+
+    @Test("odd result encodings go to SwiftProtobuf or mean the same")
+    func unusualEncodingsAgree() throws {
+        let bodies: [[UInt8]] = [
+            [0x22, 0x04, 0x10, 0x01, 0x08, 0x05],  // fields out of order
+            [0x22, 0x04, 0x08, 0x01, 0x08, 0x02],  // seq twice: last wins
+            [0x22, 0x02, 0x10, 0x63],  // a reason this version does not know
+            [0x22, 0x0B, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],  // negative reason
+            [0x22, 0x06, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],  // retry past 32 bits: truncated
+            [0x22, 0x03, 0x88, 0x00, 0x01],  // overlong tag for seq
+            [0x22, 0x02, 0x08, 0x01, 0x78, 0x01],  // unknown Frame field after the result
+            [0x22, 0x04, 0x08, 0x01, 0x78, 0x01],  // unknown ReportResult field
+            [0x22, 0x00, 0x22, 0x02, 0x08, 0x09],  // result twice: merged
+            [0x22, 0x03, 0x08, 0x81, 0x00],  // overlong varint value
+        ]
+        for body in bodies {
+            let fast = Result { () throws(FrameError) in try FrameParser.decodeBody(body.span.bytes) }
+            let reference = Result { () throws(FrameError) in
+                try FrameParser.decodeBodyWithSwiftProtobuf(body.span.bytes)
+            }
+            #expect(fast == reference, "body \(Hex.encode(body))")
+        }
+    }
+}
