@@ -45,7 +45,7 @@ package enum ReportFrameCodec {
         var blocksSize = 0
         for value in report.blocks { blocksSize += varintSize(value) }
         var reportSize = 0
-        if report.seq != 0 { reportSize += 1 + varintSize(report.seq) }
+        if report.seq != 0 { reportSize += fieldSize(report.seq) }
         if !report.blocks.isEmpty { reportSize += 1 + varintSize(UInt64(blocksSize)) + blocksSize }
         let frameSize = 1 + varintSize(UInt64(reportSize)) + reportSize
         guard frameSize <= maxFrameSize else {
@@ -55,19 +55,8 @@ package enum ReportFrameCodec {
         let total = WireProtocol.lengthPrefixSize + frameSize
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
             var out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            var length = UInt32(frameSize).bigEndian
-            withUnsafeBytes(of: &length) {
-                out.update(from: $0.baseAddress!.assumingMemoryBound(to: UInt8.self), count: 4)
-            }
-            out += 4
-            out.pointee = frameReportTag
-            out += 1
-            writeVarint(UInt64(reportSize), to: &out)
-            if report.seq != 0 {
-                out.pointee = seqTag
-                out += 1
-                writeVarint(report.seq, to: &out)
-            }
+            writeFrameHeader(frameSize: frameSize, tag: frameReportTag, bodySize: reportSize, to: &out)
+            if report.seq != 0 { writeField(seqTag, report.seq, to: &out) }
             if !report.blocks.isEmpty {
                 out.pointee = blocksTag
                 out += 1
@@ -91,9 +80,9 @@ package enum ReportFrameCodec {
             reason >= 0, reason <= Int(Int32.max)
         else { return false }
         var resultSize = 0
-        if result.seq != 0 { resultSize += 1 + varintSize(result.seq) }
-        if reason != 0 { resultSize += 1 + varintSize(UInt64(reason)) }
-        if result.retryAfterMs != 0 { resultSize += 1 + varintSize(UInt64(result.retryAfterMs)) }
+        if result.seq != 0 { resultSize += fieldSize(result.seq) }
+        if reason != 0 { resultSize += fieldSize(UInt64(reason)) }
+        if result.retryAfterMs != 0 { resultSize += fieldSize(UInt64(result.retryAfterMs)) }
         let frameSize = 1 + varintSize(UInt64(resultSize)) + resultSize
         guard frameSize <= maxFrameSize else {
             throw FrameError(code: .frameTooLarge, frameLength: frameSize, maxFrameSize: maxFrameSize)
@@ -101,29 +90,10 @@ package enum ReportFrameCodec {
         let total = WireProtocol.lengthPrefixSize + frameSize
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
             var out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            var length = UInt32(frameSize).bigEndian
-            withUnsafeBytes(of: &length) {
-                out.update(from: $0.baseAddress!.assumingMemoryBound(to: UInt8.self), count: 4)
-            }
-            out += 4
-            out.pointee = frameResultTag
-            out += 1
-            writeVarint(UInt64(resultSize), to: &out)
-            if result.seq != 0 {
-                out.pointee = resultSeqTag
-                out += 1
-                writeVarint(result.seq, to: &out)
-            }
-            if reason != 0 {
-                out.pointee = resultReasonTag
-                out += 1
-                writeVarint(UInt64(reason), to: &out)
-            }
-            if result.retryAfterMs != 0 {
-                out.pointee = resultRetryTag
-                out += 1
-                writeVarint(UInt64(result.retryAfterMs), to: &out)
-            }
+            writeFrameHeader(frameSize: frameSize, tag: frameResultTag, bodySize: resultSize, to: &out)
+            if result.seq != 0 { writeField(resultSeqTag, result.seq, to: &out) }
+            if reason != 0 { writeField(resultReasonTag, UInt64(reason), to: &out) }
+            if result.retryAfterMs != 0 { writeField(resultRetryTag, UInt64(result.retryAfterMs), to: &out) }
             return total
         }
         return true
@@ -200,6 +170,34 @@ package enum ReportFrameCodec {
         // 1 byte per 7 significant bits, at least 1.
         let bits = 64 - (value | 1).leadingZeroBitCount
         return (bits + 6) / 7
+    }
+
+    /// A one-byte tag and a varint value.
+    private static func fieldSize(_ value: UInt64) -> Int { 1 + varintSize(value) }
+
+    /// The 4-byte big-endian length prefix, the frame's one-byte `oneof` tag and the body's
+    /// varint length: what every frame this codec writes starts with.
+    private static func writeFrameHeader(
+        frameSize: Int,
+        tag: UInt8,
+        bodySize: Int,
+        to out: inout UnsafeMutablePointer<UInt8>
+    ) {
+        var length = UInt32(frameSize).bigEndian
+        withUnsafeBytes(of: &length) {
+            out.update(from: $0.baseAddress!.assumingMemoryBound(to: UInt8.self), count: 4)
+        }
+        out += 4
+        out.pointee = tag
+        out += 1
+        writeVarint(UInt64(bodySize), to: &out)
+    }
+
+    /// A varint field: its one-byte tag, then the value.
+    private static func writeField(_ tag: UInt8, _ value: UInt64, to out: inout UnsafeMutablePointer<UInt8>) {
+        out.pointee = tag
+        out += 1
+        writeVarint(value, to: &out)
     }
 
     private static func writeVarint(_ value: UInt64, to out: inout UnsafeMutablePointer<UInt8>) {
