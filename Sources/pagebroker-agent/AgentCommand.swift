@@ -11,7 +11,7 @@ struct AgentCommand: ParsableCommand {
         commandName: "pagebroker-agent",
         abstract: "Run the pagebroker guest engine against a workload.",
         discussion: """
-            Exit codes: 0 success, 1 the run failed (for example a broken allocator invariant),
+            Exit codes: 0 success, 1 the run failed (for example a broken allocator invariant), \
             2 bad flags or values.
             """,
         subcommands: [SimulateCommand.self, RunCommand.self, LoadCommand.self]

@@ -16,10 +16,10 @@ struct LoadCommand: ParsableCommand {
         commandName: "load",
         abstract: "Load a broker with many guests, each its own mutual-TLS session.",
         discussion: """
-            Every guest keeps --window reports outstanding: small synthetic blocks of order 9, unique
-            seqs, no allocator. Measures reports per second and round trips (submit to result, as the
-            reporting device sees it). With --cert-dir, guest i presents guest-<i>.pem / guest-<i>.key
-            from that directory (scripts/make-load-certs makes them); otherwise all guests present
+            Every guest keeps --window reports outstanding: small synthetic blocks of order 9, unique \
+            seqs, no allocator. Measures reports per second and round trips (submit to result, as the \
+            reporting device sees it). With --cert-dir, guest i presents guest-<i>.pem / guest-<i>.key \
+            from that directory (scripts/make-load-certs makes them); otherwise all guests present \
             --cert, and a broker that replaces sessions of the same guest keeps only one of them.
             """
     )

@@ -15,9 +15,9 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Run a workload in real time, reporting free memory to a broker over mutual TLS.",
         discussion: """
-            Runs for --duration, or until SIGINT or SIGTERM with --duration 0. Figures go to standard
-            error every --stats-interval and at exit; with --json, one JSON object is printed at exit
-            (keys in docs/agent.md). Exit codes: 0 ok, 1 broken allocator invariant or isolated pages
+            Runs for --duration, or until SIGINT or SIGTERM with --duration 0. Figures go to standard \
+            error every --stats-interval and at exit; with --json, one JSON object is printed at exit \
+            (keys in docs/agent.md). Exit codes: 0 ok, 1 broken allocator invariant or isolated pages \
             left, 2 bad flags.
             """
     )

@@ -9,7 +9,7 @@ struct SimulateCommand: ParsableCommand {
         commandName: "simulate",
         abstract: "Run the allocator and free page reporting engine in virtual time against a workload.",
         discussion: """
-            Nothing leaves the process: the host is simulated by --device. The same flags and seed
+            Nothing leaves the process: the host is simulated by --device. The same flags and seed \
             give the same output. With --json, one JSON object is printed (keys in docs/simulator.md).
             """
     )

@@ -10,12 +10,18 @@ import Glibc
 #endif
 
 /// `pagebrokerctl top`: the broker's figures, refreshed. What is computed and drawn is
-/// ``TopFrame`` (in the Broker library, where it is tested); this command polls, keeps
+/// ``TopFrame`` (in the BrokerAdminClient library, where it is tested); this command polls, keeps
 /// the previous sample for rates, and writes frames.
 struct TopCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "top",
         abstract: "Watch the broker: reclaimable memory and report rates per tenant, refreshed.",
+        // The parser does not wrap usage lines, and the generated one is 103 columns: broken
+        // by hand where an 80-column terminal needs it (later lines get the parser's indent).
+        usage: """
+            pagebrokerctl top [--socket <path>] [--interval <duration>]
+            [--iterations <n>] [--once] [--json]
+            """,
         discussion: """
             On a terminal the view is redrawn in place until Ctrl-C; otherwise each refresh is \
             printed after the previous one. Rates are reports per second since the previous \

@@ -12,19 +12,19 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         commandName: "pagebrokerd",
         abstract: "Host-side memory broker for free page reporting.",
         discussion: """
-            Guests connect over mutual TLS; each is authenticated to a tenant by the SPIFFE ID in its
-            client certificate (spiffe://<trust-domain>/tenant/<tenant>/guest/<guest>). Flags override
+            Guests connect over mutual TLS; each is authenticated to a tenant by the SPIFFE ID in its \
+            client certificate (spiffe://<trust-domain>/tenant/<tenant>/guest/<guest>). Flags override \
             the configuration file (docs/configuration.md).
 
             --dev makes a throwaway PKI, listens on loopback and prints the commands to start guests.
 
-            Under systemd (deploy/pagebrokerd.service) it adopts the sockets of pagebrokerd.socket by
-            name (guest, admin), reports READY/STATUS/RELOADING/STOPPING and feeds the watchdog.
-            SIGHUP reloads the certificates, the CA bundle and the tenant policy without dropping
-            sessions (a broken configuration is refused and the old one stays); SIGTERM stops
+            Under systemd (deploy/pagebrokerd.service) it adopts the sockets of pagebrokerd.socket by \
+            name (guest, admin), reports READY/STATUS/RELOADING/STOPPING and feeds the watchdog. \
+            SIGHUP reloads the certificates, the CA bundle and the tenant policy without dropping \
+            sessions (a broken configuration is refused and the old one stays); SIGTERM stops \
             accepting, fails reports in flight with shutting_down and exits within shutdown_timeout.
 
-            Exit codes: 0 stopped cleanly (or --check passed), 1 failed to start or run, 2 bad flags
+            Exit codes: 0 stopped cleanly (or --check passed), 1 failed to start or run, 2 bad flags \
             or configuration.
             """
     )
