@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "BrokerProtocol", targets: ["BrokerProtocol"]),
         .library(name: "TLSTransport", targets: ["TLSTransport"]),
         .library(name: "Broker", targets: ["Broker"]),
+        .library(name: "BrokerAdminClient", targets: ["BrokerAdminClient"]),
         .executable(name: "pagebrokerd", targets: ["pagebrokerd"]),
         .library(name: "GuestAgent", targets: ["GuestAgent"]),
         .library(name: "Systemd", targets: ["Systemd"]),
@@ -65,12 +66,25 @@ let package = Package(
             ]
         ),
 
+        // MARK: Admin client
+        // The admin API's types, the admin socket client and the `top` view: all that
+        // pagebrokerctl needs, without the broker's HTTP, Prometheus, YAML and TLS.
+        .target(
+            name: "BrokerAdminClient",
+            dependencies: [
+                "BrokerProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+
         // MARK: Broker
         // libFuzzer entry point for the session state machine; a crash reproducer otherwise.
         .executableTarget(name: "SessionFuzzer", dependencies: ["Broker", "BrokerProtocol"]),
         .target(
             name: "Broker",
             dependencies: [
+                "BrokerAdminClient",
                 "BrokerProtocol",
                 "TLSTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -133,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "pagebrokerctl",
             dependencies: [
-                "Broker",
+                "BrokerAdminClient",
                 "BrokerProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -159,6 +173,7 @@ let package = Package(
             name: "BrokerTests",
             dependencies: [
                 "Broker",
+                "BrokerAdminClient",
                 "BrokerProtocol",
                 // Built so that the admin tests can run it as a real process.
                 "pagebrokerctl",

@@ -1,4 +1,4 @@
-import Broker
+import BrokerAdminClient
 import Foundation
 
 /// Turns the broker's figures into what `pagebrokerctl` prints.

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Broker
+import BrokerAdminClient
 import BrokerProtocol
 import Dispatch
 import Foundation

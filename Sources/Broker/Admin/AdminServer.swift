@@ -1,3 +1,4 @@
+import BrokerAdminClient
 import BrokerProtocol
 import Logging
 import NIOCore
@@ -7,14 +8,6 @@ import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Where the admin socket lives unless configured otherwise.
-public enum AdminSocket {
-    /// The path the systemd units give the socket (`RuntimeDirectory=pagebrokerd`).
-    public static let defaultPath = "/run/pagebrokerd/admin.sock"
-    /// The environment variable with which a user points `pagebrokerctl` elsewhere.
-    public static let environmentVariable = "PAGEBROKER_ADMIN_SOCKET"
-}
 
 /// How the admin server listens and whom it lets in.
 public struct AdminServerConfiguration: Sendable {

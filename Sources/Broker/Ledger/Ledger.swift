@@ -1,3 +1,5 @@
+import BrokerAdminClient
+
 /// The broker's accounts: per guest the frames the host holds discarded, per tenant the sums
 /// and counters.
 ///

@@ -1,3 +1,4 @@
+import BrokerAdminClient
 import BrokerProtocol
 import Synchronization
 

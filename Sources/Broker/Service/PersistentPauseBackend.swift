@@ -1,3 +1,4 @@
+import BrokerAdminClient
 import Synchronization
 
 /// The admin backend the daemon serves: ``BrokerCore``, with pause and resume written to a

@@ -1,3 +1,5 @@
+import BrokerAdminClient
+
 /// The one line `systemctl status pagebrokerd` shows (`STATUS=`), in `pagebrokerctl`'s units:
 /// the live figures and how the last reload went.
 public enum ServiceStatusLine {

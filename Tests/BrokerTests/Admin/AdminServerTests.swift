@@ -4,6 +4,7 @@ import NIOCore
 import Testing
 
 @testable import Broker
+@testable import BrokerAdminClient
 
 #if canImport(Glibc)
 import Glibc

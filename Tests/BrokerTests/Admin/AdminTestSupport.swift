@@ -5,6 +5,7 @@ import NIOPosix
 import Synchronization
 
 @testable import Broker
+@testable import BrokerAdminClient
 
 /// An ``AdminBackend`` with fixed figures and a real pause switch, so the admin tests
 /// need no ledger or sessions.

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import Broker
+@testable import BrokerAdminClient
 
 #if canImport(Glibc)
 import Glibc

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 
 @testable import Broker
+@testable import BrokerAdminClient
 
 /// `pagebrokerctl top`'s rates and rendering, without a broker or a terminal.
 @Suite("top view")

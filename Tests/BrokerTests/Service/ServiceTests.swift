@@ -1,4 +1,5 @@
 import Broker
+import BrokerAdminClient
 import Foundation
 import NIOCore
 import NIOPosix

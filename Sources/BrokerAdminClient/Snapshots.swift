@@ -1,3 +1,6 @@
+// The admin API's snapshot types: what the broker sends and `pagebrokerctl` prints. The
+// broker makes them from its ledger (Broker's LedgerSnapshots.swift).
+
 /// One tenant's figures at a moment, for the admin API.
 public struct TenantSnapshot: Hashable, Sendable, Codable {
     public var tenant: String
@@ -16,16 +19,28 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
     /// by the broker core).
     public var paused = false
 
-    public init(_ tenant: TenantLedger) {
-        self.tenant = tenant.tenant
-        self.guests = tenant.guests
-        self.guestsConnected = tenant.guestsConnected
-        self.reclaimableBytes = tenant.reclaimableBytes
-        self.reportsOK = tenant.counters.reportsOK
-        self.reportsFailed = tenant.counters.reportsFailed
-        self.reportsFailedByReason = tenant.counters.reportsFailedByReason
-        self.bytesReported = tenant.counters.bytesReported
-        self.bytesReused = tenant.counters.bytesReused
+    public init(
+        tenant: String,
+        guests: Int,
+        guestsConnected: Int,
+        reclaimableBytes: Int,
+        reportsOK: Int,
+        reportsFailed: Int,
+        reportsFailedByReason: [Int: Int],
+        bytesReported: Int,
+        bytesReused: Int,
+        paused: Bool = false
+    ) {
+        self.tenant = tenant
+        self.guests = guests
+        self.guestsConnected = guestsConnected
+        self.reclaimableBytes = reclaimableBytes
+        self.reportsOK = reportsOK
+        self.reportsFailed = reportsFailed
+        self.reportsFailedByReason = reportsFailedByReason
+        self.bytesReported = bytesReported
+        self.bytesReused = bytesReused
+        self.paused = paused
     }
 
     // The admin API's JSON names (`pagebrokerctl tenants --json`).
@@ -56,15 +71,24 @@ public struct GuestSnapshot: Hashable, Sendable, Codable {
     public var pageSize: Int
     public var syncing: Bool
 
-    public init(_ guest: GuestLedger) {
-        self.guest = guest.guest
-        self.tenant = guest.tenant
-        self.connected = guest.isConnected
-        self.reclaimableBytes = guest.reclaimableBytes
-        self.frames = guest.discarded.frameCount
-        self.ranges = guest.discarded.rangeCount
-        self.pageSize = guest.pageSize
-        self.syncing = guest.isSyncing
+    public init(
+        guest: String,
+        tenant: String,
+        connected: Bool,
+        reclaimableBytes: Int,
+        frames: Int,
+        ranges: Int,
+        pageSize: Int,
+        syncing: Bool
+    ) {
+        self.guest = guest
+        self.tenant = tenant
+        self.connected = connected
+        self.reclaimableBytes = reclaimableBytes
+        self.frames = frames
+        self.ranges = ranges
+        self.pageSize = pageSize
+        self.syncing = syncing
     }
 
     // The admin API's JSON names (`pagebrokerctl guests --json`).
