@@ -124,12 +124,13 @@ struct LoadCommand: ParsableCommand {
         defer { try? group.syncShutdownGracefully() }
         // 4 GiB guests reporting order-9 blocks: room for 2048 distinct blocks each.
         let geometry = GuestGeometry(pageSize: 4096, totalPages: 1 << 20, minOrder: 9, maxOrder: 10)
+        let sessionLogger = Self.sessionLogger(logger)
         let connections = contexts.map { context in
             AgentConnection(
                 configuration: self.brokerOptions.agentConfiguration(context: context),
                 geometry: geometry,
                 eventLoopGroup: group,
-                logger: logger
+                logger: sessionLogger
             )
         }
         for connection in connections { connection.start() }
@@ -193,6 +194,16 @@ struct LoadCommand: ParsableCommand {
         }
         var stdout = FileHandleStream.standardOutput
         stdout.write((self.json ? summary.json() : summary.text()) + "\n")
+    }
+
+    /// The connections' logger. A connection logs "session established" and "session ended"
+    /// at info, which suits one `run` guest; for `load`'s many guests they are two lines per
+    /// guest before the result, so they are shown only at `--log-level debug` (or trace).
+    /// Warnings and errors pass as at the chosen level.
+    static func sessionLogger(_ logger: Logger) -> Logger {
+        var sessionLogger = logger
+        if logger.logLevel > .debug { sessionLogger.logLevel = max(logger.logLevel, .notice) }
+        return sessionLogger
     }
 
     /// Waits for `future` or `deadline`, whichever completes first; `true` if `future` did.
@@ -436,7 +447,7 @@ private struct IdleSessionsMeasurement {
                     configuration: self.brokerOptions.agentConfiguration(context: context),
                     geometry: geometry,
                     eventLoopGroup: group,
-                    logger: self.logger
+                    logger: LoadCommand.sessionLogger(self.logger)
                 )
                 connection.start()
                 wave.append(connection)
