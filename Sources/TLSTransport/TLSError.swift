@@ -50,17 +50,42 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let connectionClosed = Code(12, "connection_closed")
     }
 
+    /// Which of a context's files a ``Code/contextSetupFailed`` is about.
+    public enum File: Sendable, Hashable {
+        /// ``TLSConfiguration/certificateChainPath``.
+        case certificateChain
+        /// ``TLSConfiguration/privateKeyPath``.
+        case privateKey
+        /// ``TLSConfiguration/caBundlePath``.
+        case caBundle
+    }
+
     /// What went wrong, stably.
     public var code: Code
-    /// Human-readable detail, usually OpenSSL's error string or verify result string.
+    /// Human-readable detail, usually OpenSSL's error string or verify result string. For a
+    /// context that could not be built it is one sentence naming the file (OpenSSL's error
+    /// queue is in ``openSSLErrors``).
     public var reason: String
     /// OpenSSL's certificate verify result (X509_V_ERR_*), when certificate verification was involved.
     public var verifyResult: Int?
+    /// The file at fault, when building a context failed because of one.
+    public var file: File?
+    /// OpenSSL's error queue at the failure, oldest first: detail for a debug log, not for the
+    /// one line an operator reads.
+    public var openSSLErrors: String?
 
-    public init(code: Code, reason: String, verifyResult: Int? = nil) {
+    public init(
+        code: Code,
+        reason: String,
+        verifyResult: Int? = nil,
+        file: File? = nil,
+        openSSLErrors: String? = nil
+    ) {
         self.code = code
         self.reason = reason
         self.verifyResult = verifyResult
+        self.file = file
+        self.openSSLErrors = openSSLErrors
     }
 
     public var description: String { "TLSError(\(self.code.name) [\(self.code.rawValue)]: \(self.reason))" }
