@@ -105,6 +105,13 @@ public final class TLSContext: @unchecked Sendable {
             mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT
         }
         pb_ssl_ctx_set_verify(context, mode, configuration.peerVerification == .requireCertificateWithURISAN ? 1 : 0)
+        // A server that judges the peer after the handshake tells a refused peer why, with an
+        // alert (TLSHandler); that needs each connection's traffic secret until it has judged.
+        if configuration.role == .server && configuration.peerValidator != nil {
+            guard pb_ssl_ctx_enable_post_handshake_alerts(context) == 1 else {
+                throw fail("preparing post-handshake alerts")
+            }
+        }
         ERR_clear_error()
     }
 

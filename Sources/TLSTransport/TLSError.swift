@@ -48,6 +48,9 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let protocolError = Code(11, "protocol_error")
         /// A write was attempted after the connection started closing or closed.
         public static let connectionClosed = Code(12, "connection_closed")
+        /// The peer refused our identity after the handshake with an `access_denied` alert (a
+        /// broker that does not admit the guest's SPIFFE ID, trust domain or tenant).
+        public static let accessDenied = Code(13, "access_denied")
     }
 
     /// Which of a context's files a ``Code/contextSetupFailed`` is about.
@@ -145,6 +148,8 @@ extension TLSError {
             return TLSError(code: .peerCertificateMissing, reason: reason)
         case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
             return TLSError(code: .certificateExpired, reason: reason)
+        case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+            return TLSError(code: .accessDenied, reason: "the peer refused our identity (alert access_denied): \(reason)")
         case SSL_R_TLSV1_ALERT_UNKNOWN_CA, SSL_R_SSLV3_ALERT_BAD_CERTIFICATE,
             SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
             return TLSError(code: .peerCertificateUntrusted, reason: reason)

@@ -1,4 +1,5 @@
 import COpenSSL
+import CPagebrokerOpenSSLShims
 import NIOCore
 
 /// A SwiftNIO handler that runs TLS over the system OpenSSL, using a pair of memory BIOs.
@@ -309,8 +310,11 @@ public final class TLSHandler: ChannelDuplexHandler {
                 self.perform(self.state.failed(error), context: context)
                 return
             }
-            if let error = validator(certificate) {
-                self.perform(self.state.failed(error), context: context)
+            let refusal = validator(certificate)
+            if refusal != nil { self.queueAlert(Self.accessDenied, context: context) }
+            pb_ssl_forget_traffic_secret(self.connection.ssl)
+            if let refusal {
+                self.perform(self.state.failed(refusal), context: context)
                 return
             }
         }
@@ -326,6 +330,21 @@ public final class TLSHandler: ChannelDuplexHandler {
         if self.state.readsCiphertext {
             self.readApplicationData(context: context)
         }
+    }
+
+    /// TLS's `access_denied` alert: "a valid certificate was received, but when access control
+    /// was applied, the sender decided not to proceed" (RFC 8446 section 6.2).
+    static let accessDenied: UInt8 = 49
+
+    /// Queues a fatal alert for the peer after the handshake (TLS 1.3 only; see
+    /// `pb_ssl_seal_tls13_alert`). When it cannot be made, the connection closes without one.
+    private func queueAlert(_ description: UInt8, context: ChannelHandlerContext) {
+        var record = [UInt8](repeating: 0, count: 64)
+        let length = Int(pb_ssl_seal_tls13_alert(self.connection.ssl, description, &record, record.count))
+        guard length > 0 else { return }
+        var buffer = self.outboundCiphertext ?? context.channel.allocator.buffer(capacity: length)
+        buffer.writeBytes(record[0..<length])
+        self.outboundCiphertext = buffer
     }
 
     /// Decrypts everything OpenSSL can give us now into one buffer and passes it on once.

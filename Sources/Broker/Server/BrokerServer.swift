@@ -53,7 +53,7 @@ public final class BrokerServer: Sendable {
     private let channel = Mutex<(any Channel)?>(nil)
     /// Every guest connection open now (handshaking or in session), so that a stop past its
     /// deadline can close the ones still there.
-    private let children = Mutex<[ObjectIdentifier: any Channel]>([:])
+    private let children = OpenConnections()
 
     /// Loads the TLS material (failing early, with the file at fault named) and prepares the
     /// listener; ``start()`` binds it.
@@ -148,9 +148,7 @@ public final class BrokerServer: Sendable {
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
             )
             .childChannelInitializer { [tls, core, configuration, logger, metrics, children] channel in
-                let id = ObjectIdentifier(channel)
-                children.withLock { $0[id] = channel }
-                channel.closeFuture.whenComplete { _ in children.withLock { $0[id] = nil } }
+                children.insert(channel)
                 return channel.eventLoop.makeCompletedFuture {
                     let limit = FrameSizeLimit()
                     let sync = channel.pipeline.syncOperations
@@ -188,7 +186,7 @@ public final class BrokerServer: Sendable {
     public var localAddress: SocketAddress? { self.channel.withLock { $0?.localAddress } }
 
     /// Guest connections open now.
-    public var connectionCount: Int { self.children.withLock { $0.count } }
+    public var connectionCount: Int { self.children.count }
 
     /// Stops accepting, tells every session the broker is shutting down, and waits (at most
     /// `drainTimeout`) for them to go. Connections still open at the deadline (a guest that
@@ -208,7 +206,7 @@ public final class BrokerServer: Sendable {
         }
         // What is left: sessions past the deadline, and connections that never said hello
         // (they have nothing to be told).
-        let stragglers = self.children.withLock { Array($0.values) }
+        let stragglers = self.children.all
         guard !stragglers.isEmpty else { return }
         if self.core.sessionCount > 0 {
             self.logger.warning(
@@ -223,4 +221,18 @@ public final class BrokerServer: Sendable {
             try? await channel.closeFuture.get()
         }
     }
+}
+
+/// The guest connections open now, each removed as it closes.
+private final class OpenConnections: Sendable {
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    func insert(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        self.channels.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { _ in self.channels.withLock { $0[id] = nil } }
+    }
+
+    var count: Int { self.channels.withLock { $0.count } }
+    var all: [any Channel] { self.channels.withLock { Array($0.values) } }
 }
