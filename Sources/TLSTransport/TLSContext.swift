@@ -82,7 +82,10 @@ public final class TLSContext: @unchecked Sendable {
         }
         if let problem = Self.unreadable(key) { throw fileFailure(.privateKey, problem) }
         guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
-            throw fileFailure(.privateKey, "\(key) holds no usable PEM private key (or it is encrypted)")
+            var failure = fileFailure(.privateKey, "\(key) holds no usable PEM private key (or it is encrypted)")
+            // OpenSSL refuses a key of the certificate's type that is not its key here already.
+            if Self.holdsPrivateKey(key) { failure.reason = "\(key) is not the key of the certificate in \(chain)" }
+            throw failure
         }
         guard SSL_CTX_check_private_key(context) == 1 else {
             throw fileFailure(.privateKey, "\(key) is not the key of the certificate in \(chain)")
@@ -125,6 +128,18 @@ public final class TLSContext: @unchecked Sendable {
             return "cannot read \(path): it is a directory"
         }
         return nil
+    }
+
+    /// Whether `path` holds an unencrypted PEM private key (of any type). Never asks for a
+    /// passphrase: an encrypted key counts as none.
+    private static func holdsPrivateKey(_ path: String) -> Bool {
+        guard let bio = BIO_new_file(path, "r") else { return false }
+        defer { BIO_free(bio) }
+        let key = PEM_read_bio_PrivateKey(bio, nil, { _, _, _, _ in -1 }, nil)
+        ERR_clear_error()
+        guard let key else { return false }
+        EVP_PKEY_free(key)
+        return true
     }
 
     /// Why the bundle at `path` is not a set of certificate authorities (a leaf certificate

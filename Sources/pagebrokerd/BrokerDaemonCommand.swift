@@ -119,7 +119,7 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         // refuses also refuses to start, with the same message and exit status 2
         // (RestartPreventExitStatus=2: systemd does not restart it every few seconds).
         let configuration: BrokerConfiguration
-        do {
+        do throws(ConfigurationProblem) {
             configuration = try self.effectiveConfiguration(devPKI: devPKI)
             try self.checkStartable(configuration, devPKI: devPKI)
         } catch {
@@ -149,7 +149,9 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
     /// `pagebrokerd: MESSAGE` on standard error, and nothing else (no usage text: the
     /// flags were fine, the configuration was not).
     static func printError(_ message: String) {
-        FileHandle.standardError.write(Data("pagebrokerd: \(message)\n".utf8))
+        // Under journald, <3> files it at priority err like the daemon's own log lines.
+        let priority = JournalStream.isStandardErrorConnected() ? "<3>" : ""
+        FileHandle.standardError.write(Data("\(priority)pagebrokerd: \(message)\n".utf8))
     }
 
     /// The configuration file with the flags (and `--dev`) applied: read at start and again on
@@ -199,7 +201,7 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
             let clientCA = configuration.clientCA, let trustDomain = configuration.trustDomain
         else { preconditionFailure("checked by effectiveConfiguration") }
         let (host, port) = BrokerConfiguration.splitHostPort(configuration.listen)!
-        do {
+        do throws(TLSError) {
             _ = try BrokerServer(
                 configuration: BrokerServerConfiguration(
                     host: host,
@@ -220,7 +222,7 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
             )
         }
         let store = PauseStore(directory: Daemon.stateDirectory(configuration))
-        do {
+        do throws(StateError) {
             _ = try store.load()
             try store.checkWritable()
         } catch {

@@ -77,6 +77,13 @@ struct Daemon {
             session: self.configuration.session
         )
         serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
+        // A stop's deadline (shutdown_timeout) ends sessions that never answer close_notify;
+        // TLS's own close timeout must not end them sooner (a second more, so the deadline
+        // always comes first), and cannot hold a stop past it (the stop force-closes).
+        serverConfiguration.closeTimeout = max(
+            serverConfiguration.closeTimeout,
+            self.configuration.shutdownTimeout + .seconds(1)
+        )
         let server = try BrokerServer(
             configuration: serverConfiguration,
             core: core,

@@ -143,7 +143,7 @@ final class RawGuest: Sendable {
     /// Stops reading from the socket: what the broker sends from now on piles up in the
     /// kernel's buffers, then in the broker.
     func stopReading() async throws {
-        try await self.channel.setOption(.autoRead, value: false)
+        try await self.channel.setOption(.autoRead, value: false).get()
     }
 
     /// The bytes of `frame` with its length prefix, for sending many frames in one write.

@@ -20,6 +20,10 @@ public struct BrokerServerConfiguration: Sendable {
     public var session: SessionConfiguration
     /// How long a TLS handshake may take.
     public var handshakeTimeout: Duration = .seconds(10)
+    /// How long a closing session waits for the guest's close_notify. The daemon makes it at
+    /// least `shutdown_timeout`, so that a stop gives every session the whole timeout and it is
+    /// ``BrokerServer/stop(drainTimeout:)``'s deadline, not this, that ends a silent one.
+    public var closeTimeout: Duration = .seconds(5)
 
     public init(
         host: String,
@@ -90,6 +94,7 @@ public final class BrokerServer: Sendable {
             caBundlePath: configuration.clientCAPath,
             peerVerification: .requireCertificateWithURISAN,
             handshakeTimeout: configuration.handshakeTimeout,
+            closeTimeout: configuration.closeTimeout,
             peerValidator: { certificate in
                 do throws(IdentityError) {
                     let identity = try GuestIdentity.fromURISANs(certificate.uriSANs, trustDomain: trustDomain)
