@@ -79,7 +79,10 @@ import Testing
     /// The bytes waiting in the send queue of the loopback TCP socket from port `local` to
     /// port `remote` (`tx_queue` in /proc/net/tcp), or `nil` if there is no such socket.
     static func sendQueue(from local: Int, to remote: Int) throws -> Int? {
-        let table = try String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)
+        // Read to the end: /proc files report size 0, and the table runs past one page.
+        let file = try #require(FileHandle(forReadingAtPath: "/proc/net/tcp"))
+        defer { try? file.close() }
+        let table = String(decoding: file.readDataToEndOfFile(), as: UTF8.self)
         let want = (String(format: "0100007F:%04X", local), String(format: "0100007F:%04X", remote))
         for line in table.split(separator: "\n").dropFirst() {
             let fields = line.split(separator: " ")
