@@ -149,7 +149,10 @@ extension TLSError {
         case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
             return TLSError(code: .certificateExpired, reason: reason)
         case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
-            return TLSError(code: .accessDenied, reason: "the peer refused our identity (alert access_denied): \(reason)")
+            return TLSError(
+                code: .accessDenied,
+                reason: "the peer refused our identity (alert access_denied): \(reason)"
+            )
         case SSL_R_TLSV1_ALERT_UNKNOWN_CA, SSL_R_SSLV3_ALERT_BAD_CERTIFICATE,
             SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
             return TLSError(code: .peerCertificateUntrusted, reason: reason)

@@ -151,15 +151,16 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.perform(self.state.closeRequested(closePromise), context: context)
     }
 
-    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?)
-    {
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
         guard event is TLSForceClose else {
             context.triggerUserOutboundEvent(event, promise: promise)
             return
         }
         let waiting = self.state.forceClosed()
         self.cancelTimers()
-        self.failPendingWrites(TLSError(code: .connectionClosed, reason: "connection closed without waiting for the peer"))
+        self.failPendingWrites(
+            TLSError(code: .connectionClosed, reason: "connection closed without waiting for the peer")
+        )
         // Straight to the socket: our own close would wait for a close_notify exchange.
         let closed = promise ?? context.eventLoop.makePromise()
         if let waiting { closed.futureResult.cascade(to: waiting) }

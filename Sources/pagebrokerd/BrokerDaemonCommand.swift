@@ -235,7 +235,8 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
     private func origin(of file: TLSError.File?, dev: Bool) -> String {
         if dev { return "--dev" }
         switch file {
-        case .certificateChain: return self.origin(ofKey: "tls.certificate", flag: self.tlsCert.map { _ in "--tls-cert" })
+        case .certificateChain:
+            return self.origin(ofKey: "tls.certificate", flag: self.tlsCert.map { _ in "--tls-cert" })
         case .privateKey: return self.origin(ofKey: "tls.key", flag: self.tlsKey.map { _ in "--tls-key" })
         case .caBundle: return self.origin(ofKey: "tls.client_ca", flag: self.clientCA.map { _ in "--client-ca" })
         case nil: return self.config.map { "\($0): tls" } ?? "tls"

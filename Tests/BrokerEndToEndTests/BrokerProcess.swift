@@ -80,7 +80,11 @@ final class BrokerProcess: Sendable {
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("pagebrokerd-e2e-\(UUID().uuidString)")
             .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try (configuration ?? Self.configuration).write(toFile: "\(directory)/pagebrokerd.yaml", atomically: true, encoding: .utf8)
+        try (configuration ?? Self.configuration).write(
+            toFile: "\(directory)/pagebrokerd.yaml",
+            atomically: true,
+            encoding: .utf8
+        )
         self.directory = directory
         let process = Process()
         process.executableURL = URL(fileURLWithPath: builtProduct("pagebrokerd"))

@@ -209,7 +209,9 @@ import Testing
         #expect(after.reportsFailed == seen.answered - okTotal)
         #expect(after.reclaimableBytes == tenants.reduce(0) { $0 + $1.reclaimableBytes })
         // Every answered report was timed exactly once.
-        #expect(MetricsEndToEndTests.sample(scrape, "pagebroker_report_round_trip_seconds_count") == Double(seen.answered))
+        #expect(
+            MetricsEndToEndTests.sample(scrape, "pagebroker_report_round_trip_seconds_count") == Double(seen.answered)
+        )
         #expect(MetricsEndToEndTests.sample(scrape, "pagebroker_sessions") == 0)
         #expect(after.sessions == 0)
 

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import TLSTransport
+import Testing
 
 /// A guest whose certificate verifies but whose identity the broker refuses (another trust
 /// domain, a malformed or non-SPIFFE ID, two IDs, a tenant the broker does not admit) learns
@@ -12,7 +12,8 @@ import TLSTransport
         let csr = "\(directory)/\(name).csr"
         let ext = "\(directory)/\(name).ext"
         let cert = "\(directory)/\(name).pem"
-        try "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=\(san)\n"
+        try
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=\(san)\n"
             .write(toFile: ext, atomically: true, encoding: .utf8)
         for arguments in [
             ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key],

@@ -11,7 +11,10 @@ import Testing
 
     /// The broker's configuration with `shutdown_timeout` replaced.
     static func configuration(shutdownTimeout seconds: Int) -> String {
-        BrokerProcess.configuration.replacingOccurrences(of: "shutdown_timeout: 2s", with: "shutdown_timeout: \(seconds)s")
+        BrokerProcess.configuration.replacingOccurrences(
+            of: "shutdown_timeout: 2s",
+            with: "shutdown_timeout: \(seconds)s"
+        )
     }
 
     struct Tenant: Decodable {
@@ -52,7 +55,9 @@ import Testing
         {
             try await Task.sleep(for: .milliseconds(50))
         }
-        #expect(try fleet.ctl(broker, ["tenants"], as: [Tenant].self).first { $0.tenant == "t2" }?.reportsFailed == reports)
+        #expect(
+            try fleet.ctl(broker, ["tenants"], as: [Tenant].self).first { $0.tenant == "t2" }?.reportsFailed == reports
+        )
         // The kernel holds bytes the broker sent and the guest has not taken: whatever the broker
         // sends next (its Goodbye, its close_notify) waits behind them.
         let guestPort = try #require(stalled.channel.localAddress?.port)
@@ -100,9 +105,10 @@ import Testing
         var config: String { "\(self.directory)/pagebrokerd.yaml" }
 
         init(yaml: String = BrokerProcess.configuration) throws {
-            self.directory = FileManager.default.temporaryDirectory.appendingPathComponent(
-                "pagebrokerd-config-\(UUID().uuidString)"
-            ).path
+            self.directory =
+                FileManager.default.temporaryDirectory.appendingPathComponent(
+                    "pagebrokerd-config-\(UUID().uuidString)"
+                ).path
             try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
             try yaml.write(toFile: self.config, atomically: true, encoding: .utf8)
         }
@@ -136,7 +142,11 @@ import Testing
     }
 
     /// `--check` and a real start both exit 2 and print exactly `expected` (one line).
-    static func expectRefused(_ arguments: [String], _ expected: String, sourceLocation: SourceLocation = #_sourceLocation)
+    static func expectRefused(
+        _ arguments: [String],
+        _ expected: String,
+        sourceLocation: SourceLocation = #_sourceLocation
+    )
         throws
     {
         for mode in ["--check", "start"] {
@@ -165,7 +175,10 @@ import Testing
     @Test func anUnreadableJunkOrMismatchedKeyExitsTwo() throws {
         let scratch = try Scratch()
         // A directory cannot be read as a file, even by root (whom mode bits do not stop).
-        try FileManager.default.createDirectory(atPath: "\(scratch.directory)/key-dir", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(scratch.directory)/key-dir",
+            withIntermediateDirectories: true
+        )
         try Self.expectRefused(
             scratch.arguments(["--tls-key": "\(scratch.directory)/key-dir"]),
             "pagebrokerd: --tls-key (tls.key): cannot read \(scratch.directory)/key-dir: it is a directory"
@@ -213,7 +226,11 @@ import Testing
         try "{ not json".write(toFile: "\(state)/paused-tenants.json", atomically: true, encoding: .utf8)
         let (status, output) = try Self.run(scratch.arguments() + ["--check"])
         #expect(status == 2)
-        #expect(output.hasPrefix("pagebrokerd: --state-directory (state_directory): corrupt: \(state)/paused-tenants.json: "))
+        #expect(
+            output.hasPrefix(
+                "pagebrokerd: --state-directory (state_directory): corrupt: \(state)/paused-tenants.json: "
+            )
+        )
         let started = try Self.run(scratch.arguments())
         #expect(started.status == 2)
         #expect(started.output == output)
@@ -248,10 +265,20 @@ import Testing
         let scratch = try Scratch()
         let guest = try Self.run(scratch.arguments(["--listen": "127.0.0.1:\(first.port)"]))
         #expect(guest.status == 1)
-        #expect(guest.output.contains("pagebrokerd: guest listener 127.0.0.1:\(first.port): cannot listen: Address already in use\n"), "\(guest.output)")
+        #expect(
+            guest.output.contains(
+                "pagebrokerd: guest listener 127.0.0.1:\(first.port): cannot listen: Address already in use\n"
+            ),
+            "\(guest.output)"
+        )
         let metrics = try Self.run(scratch.arguments(["--metrics-listen": "127.0.0.1:\(first.port)"]))
         #expect(metrics.status == 1)
-        #expect(metrics.output.contains("pagebrokerd: metrics listener 127.0.0.1:\(first.port): cannot listen: Address already in use\n"), "\(metrics.output)")
+        #expect(
+            metrics.output.contains(
+                "pagebrokerd: metrics listener 127.0.0.1:\(first.port): cannot listen: Address already in use\n"
+            ),
+            "\(metrics.output)"
+        )
         #expect(first.terminate() == 0)
     }
 
