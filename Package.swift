@@ -124,6 +124,7 @@ let package = Package(
             dependencies: [
                 "Broker",
                 "Systemd",
+                "TLSTransport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

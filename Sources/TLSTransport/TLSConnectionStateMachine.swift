@@ -136,6 +136,15 @@ struct TLSConnectionStateMachine {
         }
     }
 
+    /// The application wants the transport gone now, without waiting for the peer (a stopping
+    /// broker past its deadline): no close_notify is waited for. Returns the close that was
+    /// waiting for the peer, if any, for the handler to complete when the channel closes.
+    mutating func forceClosed() -> EventLoopPromise<Void>? {
+        defer { self.state = .closed }
+        if case .closing(let promise) = self.state { return promise }
+        return nil
+    }
+
     mutating func closeTimedOut() -> Action {
         guard case .closing(let promise) = self.state else { return .none }
         self.state = .closed

@@ -63,17 +63,39 @@ public final class TLSContext: @unchecked Sendable {
         // record buffers between records (a malloc per read) and has a history of
         // use-after-free bugs with memory BIOs.
 
-        guard SSL_CTX_use_certificate_chain_file(context, configuration.certificateChainPath) == 1 else {
-            throw fail("loading certificate chain \(configuration.certificateChainPath)")
+        // Each file is first opened by us, so that a missing or unreadable one is said plainly
+        // (errno's words) rather than as OpenSSL's error queue.
+        func fileFailure(_ file: TLSError.File, _ reason: String) -> TLSError {
+            TLSError(
+                code: .contextSetupFailed,
+                reason: reason,
+                file: file,
+                openSSLErrors: TLSError.drainOpenSSLErrors()
+            )
         }
-        guard SSL_CTX_use_PrivateKey_file(context, configuration.privateKeyPath, SSL_FILETYPE_PEM) == 1 else {
-            throw fail("loading private key \(configuration.privateKeyPath)")
+        let chain = configuration.certificateChainPath
+        let key = configuration.privateKeyPath
+        let bundle = configuration.caBundlePath
+        if let problem = Self.unreadable(chain) { throw fileFailure(.certificateChain, problem) }
+        guard SSL_CTX_use_certificate_chain_file(context, chain) == 1 else {
+            throw fileFailure(.certificateChain, "\(chain) holds no usable PEM certificate chain")
+        }
+        if let problem = Self.unreadable(key) { throw fileFailure(.privateKey, problem) }
+        guard SSL_CTX_use_PrivateKey_file(context, key, SSL_FILETYPE_PEM) == 1 else {
+            var failure = fileFailure(.privateKey, "\(key) holds no usable PEM private key (or it is encrypted)")
+            // OpenSSL refuses a key of the certificate's type that is not its key here already.
+            if Self.holdsPrivateKey(key) { failure.reason = "\(key) is not the key of the certificate in \(chain)" }
+            throw failure
         }
         guard SSL_CTX_check_private_key(context) == 1 else {
-            throw fail("private key \(configuration.privateKeyPath) does not match the certificate")
+            throw fileFailure(.privateKey, "\(key) is not the key of the certificate in \(chain)")
         }
-        guard SSL_CTX_load_verify_locations(context, configuration.caBundlePath, nil) == 1 else {
-            throw fail("loading CA bundle \(configuration.caBundlePath)")
+        if let problem = Self.unreadable(bundle) { throw fileFailure(.caBundle, problem) }
+        guard SSL_CTX_load_verify_locations(context, bundle, nil) == 1 else {
+            throw fileFailure(.caBundle, "\(bundle) holds no usable PEM certificate")
+        }
+        if configuration.role == .server, let problem = Self.notCertificateAuthorities(bundle) {
+            throw fileFailure(.caBundle, problem)
         }
 
         var mode = SSL_VERIFY_PEER
@@ -86,7 +108,60 @@ public final class TLSContext: @unchecked Sendable {
             mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT
         }
         pb_ssl_ctx_set_verify(context, mode, configuration.peerVerification == .requireCertificateWithURISAN ? 1 : 0)
+        // A server that judges the peer after the handshake tells a refused peer why, with an
+        // alert (TLSHandler); that needs each connection's traffic secret until it has judged.
+        if configuration.role == .server && configuration.peerValidator != nil {
+            guard pb_ssl_ctx_enable_post_handshake_alerts(context) == 1 else {
+                throw fail("preparing post-handshake alerts")
+            }
+        }
         ERR_clear_error()
+    }
+
+    /// Why `path` cannot be read, in errno's words, or `nil` if it can.
+    private static func unreadable(_ path: String) -> String? {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return "cannot read \(path): \(String(cString: strerror(errno)))" }
+        defer { close(descriptor) }
+        var info = stat()
+        if fstat(descriptor, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR {
+            return "cannot read \(path): it is a directory"
+        }
+        return nil
+    }
+
+    /// Whether `path` holds an unencrypted PEM private key (of any type). Never asks for a
+    /// passphrase: an encrypted key counts as none.
+    private static func holdsPrivateKey(_ path: String) -> Bool {
+        guard let bio = BIO_new_file(path, "r") else { return false }
+        defer { BIO_free(bio) }
+        let key = PEM_read_bio_PrivateKey(bio, nil, { _, _, _, _ in -1 }, nil)
+        ERR_clear_error()
+        guard let key else { return false }
+        EVP_PKEY_free(key)
+        return true
+    }
+
+    /// Why the bundle at `path` is not a set of certificate authorities (a leaf certificate
+    /// named by mistake would make every guest's chain fail, or trust one certificate as an
+    /// issuer), or `nil` if every certificate in it is one (`X509_check_ca`: CA:TRUE, or a v1
+    /// self-signed root).
+    private static func notCertificateAuthorities(_ path: String) -> String? {
+        guard let bio = BIO_new_file(path, "r") else { return "cannot read \(path)" }
+        defer { BIO_free(bio) }
+        var index = 0
+        while let certificate = PEM_read_bio_X509(bio, nil, nil, nil) {
+            defer { X509_free(certificate) }
+            index += 1
+            if X509_check_ca(certificate) == 0 {
+                let subject = TLSPeerCertificate(certificate: certificate).subject
+                ERR_clear_error()
+                return "\(path): certificate \(index) (\(subject)) is not a CA certificate "
+                    + "(no basicConstraints CA:TRUE): name the CA that issues the guests' certificates"
+            }
+        }
+        ERR_clear_error()  // the loop ends on "no start line" at the end of the file
+        return nil
     }
 
     /// A new `SSL` for one connection, wired to a fresh pair of memory BIOs.

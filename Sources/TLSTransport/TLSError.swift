@@ -48,19 +48,47 @@ public struct TLSError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let protocolError = Code(11, "protocol_error")
         /// A write was attempted after the connection started closing or closed.
         public static let connectionClosed = Code(12, "connection_closed")
+        /// The peer refused our identity after the handshake with an `access_denied` alert (a
+        /// broker that does not admit the guest's SPIFFE ID, trust domain or tenant).
+        public static let accessDenied = Code(13, "access_denied")
+    }
+
+    /// Which of a context's files a ``Code/contextSetupFailed`` is about.
+    public enum File: Sendable, Hashable {
+        /// ``TLSConfiguration/certificateChainPath``.
+        case certificateChain
+        /// ``TLSConfiguration/privateKeyPath``.
+        case privateKey
+        /// ``TLSConfiguration/caBundlePath``.
+        case caBundle
     }
 
     /// What went wrong, stably.
     public var code: Code
-    /// Human-readable detail, usually OpenSSL's error string or verify result string.
+    /// Human-readable detail, usually OpenSSL's error string or verify result string. For a
+    /// context that could not be built it is one sentence naming the file (OpenSSL's error
+    /// queue is in ``openSSLErrors``).
     public var reason: String
     /// OpenSSL's certificate verify result (X509_V_ERR_*), when certificate verification was involved.
     public var verifyResult: Int?
+    /// The file at fault, when building a context failed because of one.
+    public var file: File?
+    /// OpenSSL's error queue at the failure, oldest first: detail for a debug log, not for the
+    /// one line an operator reads.
+    public var openSSLErrors: String?
 
-    public init(code: Code, reason: String, verifyResult: Int? = nil) {
+    public init(
+        code: Code,
+        reason: String,
+        verifyResult: Int? = nil,
+        file: File? = nil,
+        openSSLErrors: String? = nil
+    ) {
         self.code = code
         self.reason = reason
         self.verifyResult = verifyResult
+        self.file = file
+        self.openSSLErrors = openSSLErrors
     }
 
     public var description: String { "TLSError(\(self.code.name) [\(self.code.rawValue)]: \(self.reason))" }
@@ -120,6 +148,11 @@ extension TLSError {
             return TLSError(code: .peerCertificateMissing, reason: reason)
         case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
             return TLSError(code: .certificateExpired, reason: reason)
+        case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+            return TLSError(
+                code: .accessDenied,
+                reason: "the peer refused our identity (alert access_denied): \(reason)"
+            )
         case SSL_R_TLSV1_ALERT_UNKNOWN_CA, SSL_R_SSLV3_ALERT_BAD_CERTIFICATE,
             SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
             return TLSError(code: .peerCertificateUntrusted, reason: reason)

@@ -1,4 +1,5 @@
 import COpenSSL
+import CPagebrokerOpenSSLShims
 import NIOCore
 
 /// A SwiftNIO handler that runs TLS over the system OpenSSL, using a pair of memory BIOs.
@@ -150,6 +151,22 @@ public final class TLSHandler: ChannelDuplexHandler {
         self.perform(self.state.closeRequested(closePromise), context: context)
     }
 
+    public func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is TLSForceClose else {
+            context.triggerUserOutboundEvent(event, promise: promise)
+            return
+        }
+        let waiting = self.state.forceClosed()
+        self.cancelTimers()
+        self.failPendingWrites(
+            TLSError(code: .connectionClosed, reason: "connection closed without waiting for the peer")
+        )
+        // Straight to the socket: our own close would wait for a close_notify exchange.
+        let closed = promise ?? context.eventLoop.makePromise()
+        if let waiting { closed.futureResult.cascade(to: waiting) }
+        context.close(mode: .all, promise: closed)
+    }
+
     // MARK: Performing actions
 
     private func perform(_ action: TLSConnectionStateMachine.Action, context: ChannelHandlerContext) {
@@ -294,8 +311,11 @@ public final class TLSHandler: ChannelDuplexHandler {
                 self.perform(self.state.failed(error), context: context)
                 return
             }
-            if let error = validator(certificate) {
-                self.perform(self.state.failed(error), context: context)
+            let refusal = validator(certificate)
+            if refusal != nil { self.queueAlert(Self.accessDenied, context: context) }
+            pb_ssl_forget_traffic_secret(self.connection.ssl)
+            if let refusal {
+                self.perform(self.state.failed(refusal), context: context)
                 return
             }
         }
@@ -311,6 +331,21 @@ public final class TLSHandler: ChannelDuplexHandler {
         if self.state.readsCiphertext {
             self.readApplicationData(context: context)
         }
+    }
+
+    /// TLS's `access_denied` alert: "a valid certificate was received, but when access control
+    /// was applied, the sender decided not to proceed" (RFC 8446 section 6.2).
+    static let accessDenied: UInt8 = 49
+
+    /// Queues a fatal alert for the peer after the handshake (TLS 1.3 only; see
+    /// `pb_ssl_seal_tls13_alert`). When it cannot be made, the connection closes without one.
+    private func queueAlert(_ description: UInt8, context: ChannelHandlerContext) {
+        var record = [UInt8](repeating: 0, count: 64)
+        let length = Int(pb_ssl_seal_tls13_alert(self.connection.ssl, description, &record, record.count))
+        guard length > 0 else { return }
+        var buffer = self.outboundCiphertext ?? context.channel.allocator.buffer(capacity: length)
+        buffer.writeBytes(record[0..<length])
+        self.outboundCiphertext = buffer
     }
 
     /// Decrypts everything OpenSSL can give us now into one buffer and passes it on once.

@@ -133,3 +133,12 @@ final class TLSConnection {
         )
     }
 }
+
+/// An outbound user event that makes ``TLSHandler`` close the transport at once, without the
+/// close_notify exchange and its ``TLSConfiguration/closeTimeout``: for a stopping server whose
+/// deadline has passed, where a peer that stopped reading must not hold the stop up.
+///
+///     channel.triggerUserOutboundEvent(TLSForceClose(), promise: nil)
+public struct TLSForceClose: Sendable, Hashable {
+    public init() {}
+}

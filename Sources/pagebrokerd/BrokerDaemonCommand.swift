@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOPosix
 import Systemd
+import TLSTransport
 
 /// `pagebrokerd`: the host-side broker for free page reporting.
 @main
@@ -112,25 +113,45 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
+        let logger = Logger(label: "pagebrokerd")
         let devPKI = self.dev ? try self.makeDevPKI() : nil
+        // A start reads and checks exactly what `--check` does, so a configuration `--check`
+        // refuses also refuses to start, with the same message and exit status 2
+        // (RestartPreventExitStatus=2: systemd does not restart it every few seconds).
         let configuration: BrokerConfiguration
-        do {
+        do throws(ConfigurationProblem) {
             configuration = try self.effectiveConfiguration(devPKI: devPKI)
+            try self.checkStartable(configuration, devPKI: devPKI)
         } catch {
-            throw ValidationError(error.description)
+            Self.printError(error.description)
+            if let detail = error.debugDetail { logger.debug("OpenSSL error queue: \(detail)") }
+            throw ExitCode(2)
         }
         if self.check {
-            try self.checkOnly(configuration)
+            Self.printSummary(configuration)
             return
         }
         let daemon = Daemon(
             configuration: configuration,
             reloadConfiguration: { [self] in try self.effectiveConfiguration(devPKI: devPKI) },
-            logger: Logger(label: "pagebrokerd")
+            logger: logger
         )
-        try await daemon.run { address in
-            if let devPKI { self.printDevInstructions(devPKI, address: address, configuration: configuration) }
+        do {
+            try await daemon.run { address in
+                if let devPKI { self.printDevInstructions(devPKI, address: address, configuration: configuration) }
+            }
+        } catch let error as StartupError {
+            Self.printError(error.description)
+            throw ExitCode(1)
         }
+    }
+
+    /// `pagebrokerd: MESSAGE` on standard error, and nothing else (no usage text: the
+    /// flags were fine, the configuration was not).
+    static func printError(_ message: String) {
+        // Under journald, <3> files it at priority err like the daemon's own log lines.
+        let priority = JournalStream.isStandardErrorConnected() ? "<3>" : ""
+        FileHandle.standardError.write(Data("\(priority)pagebrokerd: \(message)\n".utf8))
     }
 
     /// The configuration file with the flags (and `--dev`) applied: read at start and again on
@@ -169,13 +190,18 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         return configuration
     }
 
-    /// `--check`: everything a start would read, without binding anything.
-    private func checkOnly(_ configuration: BrokerConfiguration) throws {
+    /// Everything a start reads before it binds anything (`--check` runs exactly this): the TLS
+    /// material (certificate, key, their match, and a CA bundle of CAs), the pause state and
+    /// whether the state directory can be written.
+    private func checkStartable(
+        _ configuration: BrokerConfiguration,
+        devPKI: DevPKI?
+    ) throws(ConfigurationProblem) {
         guard let certificate = configuration.certificate, let key = configuration.key,
             let clientCA = configuration.clientCA, let trustDomain = configuration.trustDomain
         else { preconditionFailure("checked by effectiveConfiguration") }
         let (host, port) = BrokerConfiguration.splitHostPort(configuration.listen)!
-        do {
+        do throws(TLSError) {
             _ = try BrokerServer(
                 configuration: BrokerServerConfiguration(
                     host: host,
@@ -189,14 +215,44 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
                 group: MultiThreadedEventLoopGroup.singleton,
                 logger: Logger(label: "pagebrokerd")
             )
-            _ = try PauseStore(directory: Daemon.stateDirectory(configuration)).load()
         } catch {
-            throw ValidationError("\(error)")
+            throw ConfigurationProblem(
+                "\(self.origin(of: error.file, dev: devPKI != nil)): \(error.reason)",
+                debugDetail: error.openSSLErrors
+            )
         }
+        let store = PauseStore(directory: Daemon.stateDirectory(configuration))
+        do throws(StateError) {
+            _ = try store.load()
+            try store.checkWritable()
+        } catch {
+            throw ConfigurationProblem("\(self.origin(ofKey: "state_directory", flag: "--state-directory")): \(error)")
+        }
+    }
+
+    /// Where a TLS file's path came from, for the first words of its error: the flag that set
+    /// it, or the configuration file and key.
+    private func origin(of file: TLSError.File?, dev: Bool) -> String {
+        if dev { return "--dev" }
+        switch file {
+        case .certificateChain:
+            return self.origin(ofKey: "tls.certificate", flag: self.tlsCert.map { _ in "--tls-cert" })
+        case .privateKey: return self.origin(ofKey: "tls.key", flag: self.tlsKey.map { _ in "--tls-key" })
+        case .caBundle: return self.origin(ofKey: "tls.client_ca", flag: self.clientCA.map { _ in "--client-ca" })
+        case nil: return self.config.map { "\($0): tls" } ?? "tls"
+        }
+    }
+
+    private func origin(ofKey key: String, flag: String?) -> String {
+        if let flag { return "\(flag) (\(key))" }
+        return self.config.map { "\($0): \(key)" } ?? key
+    }
+
+    private static func printSummary(_ configuration: BrokerConfiguration) {
         let paused = configuration.policies.tenants.filter(\.value.paused).count
         FileHandle.standardOutput.write(
             Data(
-                ("configuration OK: listen \(configuration.listen), trust domain \(trustDomain), "
+                ("configuration OK: listen \(configuration.listen), trust domain \(configuration.trustDomain ?? ""), "
                     + "\(configuration.policies.tenants.count) tenants (\(paused) paused), "
                     + "default tenant \(configuration.policies.defaultPolicy == nil ? "refused" : "admitted")\n").utf8
             )
@@ -268,6 +324,18 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
 
 /// A configuration that cannot be used, said in one line naming the file, key or flag at fault.
 struct ConfigurationProblem: Error, CustomStringConvertible {
+    let description: String
+    /// More than an operator needs in the one line (OpenSSL's error queue): logged at debug.
+    let debugDetail: String?
+    init(_ description: String, debugDetail: String? = nil) {
+        self.description = description
+        self.debugDetail = debugDetail
+    }
+}
+
+/// The broker could not start although its configuration is good: a listener that cannot be
+/// bound, an admin socket another broker answers on. Exit status 1.
+struct StartupError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }

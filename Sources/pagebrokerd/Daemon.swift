@@ -1,4 +1,5 @@
 import Broker
+import Glibc
 import Logging
 import NIOCore
 import NIOPosix
@@ -76,6 +77,13 @@ struct Daemon {
             session: self.configuration.session
         )
         serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
+        // A stop's deadline (shutdown_timeout) ends sessions that never answer close_notify;
+        // TLS's own close timeout must not end them sooner (a second more, so the deadline
+        // always comes first), and cannot hold a stop past it (the stop force-closes).
+        serverConfiguration.closeTimeout = max(
+            serverConfiguration.closeTimeout,
+            self.configuration.shutdownTimeout + .seconds(1)
+        )
         let server = try BrokerServer(
             configuration: serverConfiguration,
             core: core,
@@ -83,7 +91,16 @@ struct Daemon {
             logger: self.logger,
             metrics: metrics?.metrics
         )
-        let address = try await server.start(adopting: inherited[Self.guestSocketName])
+        let address: SocketAddress
+        do {
+            address = try await server.start(adopting: inherited[Self.guestSocketName])
+        } catch {
+            try? await group.shutdownGracefully()
+            throw StartupError(
+                "guest listener \(inherited[Self.guestSocketName] == nil ? self.configuration.listen : "(socket-activated)"): "
+                    + "cannot listen: \(Self.explain(error))"
+            )
+        }
         let shown = Self.describe(address)
         let admin = AdminServer(
             configuration: AdminServerConfiguration(
@@ -105,7 +122,9 @@ struct Daemon {
         } catch {
             await server.stop(drainTimeout: .zero)
             try? await group.shutdownGracefully()
-            throw error
+            throw StartupError(
+                "metrics listener \(self.configuration.metricsListen ?? ""): cannot listen: \(Self.explain(error))"
+            )
         }
         // Before the admin socket answers: under socket activation the connection that started
         // the broker is already waiting, and its `status` must show the listeners.
@@ -119,7 +138,10 @@ struct Daemon {
             await server.stop(drainTimeout: .zero)
             await metrics?.stop()
             try? await group.shutdownGracefully()
-            throw error
+            if let error = error as? AdminServerError, error.code == .inUse {
+                throw StartupError(error.message)
+            }
+            throw StartupError("admin listener \(adminListener): cannot listen: \(Self.explain(error))")
         }
         self.logger.info("admin socket ready", metadata: ["listener": "\(adminListener)"])
 
@@ -212,6 +234,14 @@ struct Daemon {
             return String(first)
         }
         return "/var/lib/pagebrokerd"
+    }
+
+    /// A bind failure in the system's words ("Address already in use"), without NIO's call
+    /// and descriptor details.
+    static func explain(_ error: any Error) -> String {
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
+        if let error = error as? AdminServerError { return error.message }
+        return "\(error)"
     }
 
     static func describe(_ address: SocketAddress) -> String {

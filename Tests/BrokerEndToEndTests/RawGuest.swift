@@ -92,8 +92,14 @@ final class RawGuest: Sendable {
 
     static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
-    /// Connects with the given client certificate (`nil` for none).
-    static func connect(port: Int, certificate: String?, key: String?) async throws -> RawGuest {
+    /// Connects with the given client certificate (`nil` for none). `receiveBuffer` sets
+    /// `SO_RCVBUF` before the connect, so a guest that stops reading fills up soon.
+    static func connect(
+        port: Int,
+        certificate: String?,
+        key: String?,
+        receiveBuffer: Int? = nil
+    ) async throws -> RawGuest {
         let configuration = TLSConfiguration(
             role: .client,
             certificateChainPath: certificate ?? "",
@@ -102,7 +108,12 @@ final class RawGuest: Sendable {
         )
         let context = try TLSContext(configuration: configuration)
         let inbox = Inbox()
-        let channel = try await ClientBootstrap(group: Self.group)
+        var bootstrap = ClientBootstrap(group: Self.group)
+        if let receiveBuffer {
+            bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+        }
+        let channel =
+            try await bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
@@ -116,12 +127,32 @@ final class RawGuest: Sendable {
     }
 
     /// Connects as `client-<tenant>-<guest>` from the test PKI.
-    static func connect(port: Int, tenant: String, guest: String) async throws -> RawGuest {
+    static func connect(
+        port: Int,
+        tenant: String,
+        guest: String,
+        receiveBuffer: Int? = nil
+    ) async throws -> RawGuest {
         try await Self.connect(
             port: port,
             certificate: TestPKI.path("client-\(tenant)-\(guest).pem"),
-            key: TestPKI.path("client-\(tenant)-\(guest).key")
+            key: TestPKI.path("client-\(tenant)-\(guest).key"),
+            receiveBuffer: receiveBuffer
         )
+    }
+
+    /// Stops reading from the socket: what the broker sends from now on piles up in the
+    /// kernel's buffers, then in the broker.
+    func stopReading() async throws {
+        try await self.channel.setOption(.autoRead, value: false).get()
+    }
+
+    /// The bytes of `frame` with its length prefix, for sending many frames in one write.
+    static func encoded(_ frame: Pagebroker_V1_Frame) throws -> [UInt8] {
+        let body: [UInt8] = try frame.serializedBytes()
+        let length = UInt32(body.count)
+        return [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+            + body
     }
 
     func send(bytes: [UInt8]) async throws {
@@ -168,6 +199,9 @@ final class RawGuest: Sendable {
     }
 
     var handshakeCompleted: Bool { self.inbox.state.withLock { $0.handshake != nil } }
+
+    /// The error the connection ended with, if any (a ``TLSError`` for a refused handshake).
+    var error: (any Error)? { self.inbox.state.withLock { $0.error } }
 
     func close() async {
         try? await self.channel.close()

@@ -104,6 +104,15 @@ public final class AdminServer: Sendable {
             let bootstrap = self.makeBootstrap()
             switch listener {
             case .unixDomainSocket(let path):
+                // A socket file left by a broker that died is replaced; one that a running
+                // broker answers on is not: taking it over would leave that broker unreachable,
+                // and our shutdown would delete its socket.
+                if Self.socketAnswers(at: path) {
+                    throw AdminServerError(
+                        .inUse,
+                        "admin socket \(path) is in use: another pagebrokerd is listening on it"
+                    )
+                }
                 channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
                 ownedPath = path
                 // bind(2) creates the file with the umask's mode; tighten it before
@@ -187,6 +196,35 @@ public final class AdminServer: Sendable {
             }
     }
 
+    /// Whether something listens on the Unix socket at `path`: a non-blocking connect that
+    /// succeeds, or finds the backlog full (`EAGAIN`), means yes; `ECONNREFUSED` (a stale
+    /// file) or no file means no.
+    static func socketAnswers(at path: String) -> Bool {
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFSOCK else { return false }
+        let descriptor = socket(
+            AF_UNIX,
+            Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue),
+            0
+        )
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        return result == 0 || errno == EAGAIN || errno == EINPROGRESS
+    }
+
     private func track(_ channel: any Channel) {
         let id = ObjectIdentifier(channel)
         self.connections.withLock { $0[id] = channel }
@@ -217,6 +255,7 @@ public struct AdminServerError: Error, Hashable, Sendable, CustomStringConvertib
         private enum Base: String, Hashable, Sendable {
             case alreadyStarted = "already_started"
             case cannotListen = "cannot_listen"
+            case inUse = "in_use"
         }
 
         private let base: Base
@@ -226,6 +265,8 @@ public struct AdminServerError: Error, Hashable, Sendable, CustomStringConvertib
         public static let alreadyStarted = Code(.alreadyStarted)
         /// The socket could not be bound, adopted or given its mode.
         public static let cannotListen = Code(.cannotListen)
+        /// Another process answers on the socket path (a second broker with the same path).
+        public static let inUse = Code(.inUse)
 
         public var description: String { self.base.rawValue }
     }

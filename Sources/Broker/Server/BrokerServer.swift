@@ -20,6 +20,10 @@ public struct BrokerServerConfiguration: Sendable {
     public var session: SessionConfiguration
     /// How long a TLS handshake may take.
     public var handshakeTimeout: Duration = .seconds(10)
+    /// How long a closing session waits for the guest's close_notify. The daemon makes it at
+    /// least `shutdown_timeout`, so that a stop gives every session the whole timeout and it is
+    /// ``BrokerServer/stop(drainTimeout:)``'s deadline, not this, that ends a silent one.
+    public var closeTimeout: Duration = .seconds(5)
 
     public init(
         host: String,
@@ -51,6 +55,9 @@ public final class BrokerServer: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
+    /// Every guest connection open now (handshaking or in session), so that a stop past its
+    /// deadline can close the ones still there.
+    private let children = OpenConnections()
 
     /// Loads the TLS material (failing early, with the file at fault named) and prepares the
     /// listener; ``start()`` binds it.
@@ -87,6 +94,7 @@ public final class BrokerServer: Sendable {
             caBundlePath: configuration.clientCAPath,
             peerVerification: .requireCertificateWithURISAN,
             handshakeTimeout: configuration.handshakeTimeout,
+            closeTimeout: configuration.closeTimeout,
             peerValidator: { certificate in
                 do throws(IdentityError) {
                     let identity = try GuestIdentity.fromURISANs(certificate.uriSANs, trustDomain: trustDomain)
@@ -144,8 +152,9 @@ public final class BrokerServer: Sendable {
                 .recvAllocator,
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
             )
-            .childChannelInitializer { [tls, core, configuration, logger, metrics] channel in
-                channel.eventLoop.makeCompletedFuture {
+            .childChannelInitializer { [tls, core, configuration, logger, metrics, children] channel in
+                children.insert(channel)
+                return channel.eventLoop.makeCompletedFuture {
                     let limit = FrameSizeLimit()
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(TLSTransport.serverHandler(context: tls.current))
@@ -181,17 +190,54 @@ public final class BrokerServer: Sendable {
     /// The bound address, once started.
     public var localAddress: SocketAddress? { self.channel.withLock { $0?.localAddress } }
 
+    /// Guest connections open now.
+    public var connectionCount: Int { self.children.count }
+
     /// Stops accepting, tells every session the broker is shutting down, and waits (at most
-    /// `drainTimeout`) for them to go.
+    /// `drainTimeout`) for them to go. Connections still open at the deadline (a guest that
+    /// stopped reading never takes its Goodbye, so its close would wait on TLS's close timeout)
+    /// are closed at once, so the stop takes `drainTimeout` at most, plus the few milliseconds
+    /// closing takes.
     public func stop(drainTimeout: Duration) async {
+        let deadline = ContinuousClock.now + drainTimeout
         if let channel = self.channel.withLock({ $0 }) {
             try? await channel.close()
         }
         let sessions = self.core.beginShutdown()
         for session in sessions { session.shutdown() }
-        let deadline = ContinuousClock.now + drainTimeout
+        // Polled: sessions end on their own event loops, and a stop happens once per process.
         while self.core.sessionCount > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        // What is left: sessions past the deadline, and connections that never said hello
+        // (they have nothing to be told).
+        let stragglers = self.children.all
+        guard !stragglers.isEmpty else { return }
+        if self.core.sessionCount > 0 {
+            self.logger.warning(
+                "shutdown timeout passed: closing \(self.core.sessionCount) sessions without waiting for them",
+                metadata: ["timeout": "\(drainTimeout)"]
+            )
+        }
+        for channel in stragglers {
+            channel.triggerUserOutboundEvent(TLSForceClose(), promise: nil)
+        }
+        for channel in stragglers {
+            try? await channel.closeFuture.get()
+        }
     }
+}
+
+/// The guest connections open now, each removed as it closes.
+private final class OpenConnections: Sendable {
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    func insert(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        self.channels.withLock { $0[id] = channel }
+        channel.closeFuture.whenComplete { _ in self.channels.withLock { $0[id] = nil } }
+    }
+
+    var count: Int { self.channels.withLock { $0.count } }
+    var all: [any Channel] { self.channels.withLock { Array($0.values) } }
 }

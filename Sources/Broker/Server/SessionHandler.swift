@@ -95,10 +95,32 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let now = self.core.now
-        self.perform(self.machine.receive(frame, now: now))
+        let action = self.machine.receive(frame, now: now)
+        // Each answered report is counted exactly once: one the core accounts (`.account`) is
+        // counted by the core, whatever its outcome (ok, paused, rate limited, backend failed,
+        // shutting down); one the state machine refuses before accounting (invalid, misaligned,
+        // out of bounds, overlap, replayed, shutting down) is counted here and nowhere else.
+        let answersReport: Bool
+        switch action {
+        case .account:
+            answersReport = true
+        case .send(let reply):
+            guard case .reportResult(let result) = reply.body else {
+                answersReport = false
+                break
+            }
+            answersReport = true
+            if result.reason != .ok, let identity = self.identity {
+                self.core.recordRefusedReport(identity, reason: result.reason)
+            }
+        default:
+            answersReport = false
+        }
+        self.perform(action)
         // A report is answered within `perform` (accounted, and its result written through the
-        // encoder and TLS), so the time since `now` is its round trip in the broker.
-        if let metrics = self.metrics, case .report = frame.body {
+        // encoder and TLS), so the time since `now` is its round trip in the broker. Only reports
+        // that got a result are timed, so the histogram's count equals the reports counted.
+        if answersReport, let metrics = self.metrics {
             metrics.recordReportRoundTrip(self.core.now - now)
         }
     }
@@ -119,7 +141,14 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             self.logger.notice("bad frame from guest: \(frameError)")
             self.perform(self.machine.fail(frameError.reasonCode ?? .protocolViolation, frameError.description))
         case let tlsError as TLSError:
-            if tlsError.code != .connectionClosed && tlsError.code != .uncleanShutdown {
+            // A peer the validator refused (`peer_rejected`) was already counted by the validator
+            // under its precise reason (unknown_tenant, wrong_trust_domain…): counting it here too
+            // would show one refused handshake as two.
+            // Only failures before the session has an identity are handshake failures; a TLS
+            // error later (a bad record, an alert) ends a session that was admitted.
+            if self.identity == nil && tlsError.code != .connectionClosed && tlsError.code != .uncleanShutdown
+                && tlsError.code != .peerRejected
+            {
                 self.core.recordHandshakeFailure(reason: tlsError.code.name)
                 self.logger.notice("TLS: \(tlsError)")
             }
@@ -138,9 +167,6 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .none:
             break
         case .send(let frame):
-            if case .reportResult(let result) = frame.body, result.reason != .ok, let identity = self.identity {
-                self.core.recordRefusedReport(identity, reason: result.reason)
-            }
             context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
         case .sendAndClose(let frame):
             if case .error(let error) = frame.body {

@@ -57,6 +57,28 @@ public struct PauseStore: Sendable {
         return overrides
     }
 
+    /// Checks, without changing anything, that a pause could be saved: the directory is a
+    /// directory the broker may write (or, when it does not exist yet, the nearest existing
+    /// parent is), on a file system mounted read-write. `access(2)` answers for the real uid, so
+    /// root's bypass of mode bits is honoured and a read-only mount still fails.
+    public func checkWritable() throws(StateError) {
+        var path = self.directory
+        var info = stat()
+        while stat(path, &info) != 0 {
+            guard errno == ENOENT, path != "/", !path.isEmpty else {
+                throw StateError(.unwritable, path: path, String(cString: strerror(errno)))
+            }
+            path = (path as NSString).deletingLastPathComponent
+            if path.isEmpty { path = "." }
+        }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw StateError(.unwritable, path: path, "not a directory")
+        }
+        guard access(path, W_OK | X_OK) == 0 else {
+            throw StateError(.unwritable, path: path, String(cString: strerror(errno)))
+        }
+    }
+
     /// Replaces the file atomically (a temporary file renamed over it), creating the directory
     /// (mode 0700) when it is missing.
     public func save(_ overrides: [String: Bool]) throws(StateError) {

@@ -51,6 +51,18 @@ char *pb_x509_subject_string(X509 *cert);
 int pb_x509_not_after(X509 *cert, int64_t *seconds);
 void pb_openssl_free(void *pointer);
 
+/// Lets `pb_ssl_seal_tls13_alert` work on connections made from `ctx` (a server that may refuse
+/// a peer after the handshake): captures each connection's server application traffic secret
+/// during the handshake. Returns 1 on success.
+int pb_ssl_ctx_enable_post_handshake_alerts(SSL_CTX *ctx);
+/// Wipes the secret captured for `ssl` (once the handshake has been judged).
+void pb_ssl_forget_traffic_secret(SSL *ssl);
+/// Seals a fatal alert `description` (e.g. 49, access_denied) as the first record under the
+/// server's TLS 1.3 application traffic keys, into `out`. Returns the record's length, or -1
+/// when it cannot be made (not TLS 1.3, no captured secret, session tickets on, unknown AEAD):
+/// the caller then closes without an alert.
+int pb_ssl_seal_tls13_alert(SSL *ssl, unsigned char description, unsigned char *out, size_t capacity);
+
 int pb_err_get_lib(unsigned long code);
 int pb_err_get_reason(unsigned long code);
 
