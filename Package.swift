@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "pagebrokerd", targets: ["pagebrokerd"]),
         .library(name: "GuestAgent", targets: ["GuestAgent"]),
         .library(name: "Systemd", targets: ["Systemd"]),
+        .library(name: "GuestMemory", targets: ["GuestMemory"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -104,12 +105,19 @@ let package = Package(
             dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")]
         ),
 
+        // MARK: Guest memory
+        // C wrappers for memfd_create, fallocate, F_SEAL_* and MADV_* (not reliably imported by
+        // Glibc), and the pattern loops that must stay fast in debug builds.
+        .target(name: "CGuestMemory"),
+        .target(name: "GuestMemory", dependencies: ["CGuestMemory"]),
+
         // MARK: Guest agent
         .target(
             name: "GuestAgent",
             dependencies: [
                 "BuddyAllocator",
                 "PageReporting",
+                "GuestMemory",
                 "BrokerProtocol",
                 "TLSTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -139,6 +147,8 @@ let package = Package(
             dependencies: [
                 "GuestSimulator",
                 "GuestAgent",
+                "GuestMemory",
+                "CGuestMemory",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -161,6 +171,8 @@ let package = Package(
             name: "GuestAgentTests",
             dependencies: [
                 "GuestAgent",
+                "GuestMemory",
+                "CGuestMemory",
                 "BuddyAllocator",
                 "PageReporting",
                 "BrokerProtocol",
@@ -201,6 +213,7 @@ let package = Package(
             dependencies: ["Systemd", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "BuddyAllocatorTests", dependencies: ["BuddyAllocator"]),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "CGuestMemory"]),
         .testTarget(name: "PageReportingTests", dependencies: ["PageReporting", "BuddyAllocator"]),
         .testTarget(name: "GuestSimulatorTests", dependencies: ["GuestSimulator", "PageReporting", "pagebroker-agent"]),
         .testTarget(

@@ -28,6 +28,16 @@ public final class ReuseBuffer: ReuseObserver {
 
     public func framesReused(first: Int, count: Int) {
         self.reused.add(count, ordering: .relaxed)
+        self.append(first: first, count: count)
+    }
+
+    /// Frames the host accepted in a report that the guest could not complete (a guest-side
+    /// discard failed): sent as `Reuse` like reused frames, but not counted in ``reusedPages``.
+    public func framesTakenBack(first: Int, count: Int) {
+        self.append(first: first, count: count)
+    }
+
+    private func append(first: Int, count: Int) {
         self.state.withLock { state in
             guard state.collecting else { return }
             let end = state.pairs.count

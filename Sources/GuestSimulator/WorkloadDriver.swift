@@ -1,6 +1,16 @@
 import BuddyAllocator
 import Synchronization
 
+/// What a workload does with the memory behind the frames it holds, for a driver over a real pool
+/// (`pagebroker-agent run`); the simulator has none. Called on the driver's thread only.
+public protocol WorkloadMemory: AnyObject {
+    /// Allocates a block of `order` for the workload (and initialises its memory); throws the
+    /// allocator's error when it has no block.
+    func allocate(order: Int, migratetype: Migratetype) throws(BuddyError) -> Int
+    /// The workload is about to free the block at `frame`: last chance to check its contents.
+    func willFree(frame: Int, order: Int)
+}
+
 /// One of the ``WorkloadKind``s against an allocator, one step at a time, on whatever clock the
 /// caller keeps: the simulator steps it in virtual time, `pagebroker-agent run` on a thread in
 /// real time, so a workload means the same thing in both.
@@ -13,6 +23,7 @@ public final class WorkloadDriver: @unchecked Sendable {
 
     public let kind: WorkloadKind
     private let allocator: BuddyAllocator
+    private let memory: (any WorkloadMemory)?
     private let totalPages: Int
     private var random: SeededRandom
 
@@ -33,11 +44,20 @@ public final class WorkloadDriver: @unchecked Sendable {
     /// Allocations the allocator refused (out of memory).
     public var allocationFailures: Int { self.failureCount.load(ordering: .relaxed) }
 
-    public init(kind: WorkloadKind, allocator: BuddyAllocator, seed: UInt64) {
+    /// A driver over `allocator`; with `memory`, blocks are allocated through it and it sees
+    /// every block before it is freed.
+    public init(kind: WorkloadKind, allocator: BuddyAllocator, seed: UInt64, memory: (any WorkloadMemory)? = nil) {
         self.kind = kind
         self.allocator = allocator
+        self.memory = memory
         self.totalPages = allocator.configuration.frameCount
         self.random = SeededRandom(seed: seed)
+    }
+
+    /// The blocks the workload holds now, as `(frame, order)`; only from the driver's thread, or
+    /// once it stopped.
+    public var heldBlocks: [(frame: Int, order: Int)] {
+        (self.resident + self.transient).map { (frame: Int($0 >> 8), order: Int($0 & 0xFF)) }
     }
 
     /// Allocates the workload's resident set.
@@ -133,7 +153,12 @@ public final class WorkloadDriver: @unchecked Sendable {
     private func allocate(order: Int, migratetype: Migratetype? = nil, into pool: Pool) -> Bool {
         let type = migratetype ?? self.randomMigratetype()
         do {
-            let frame = try self.allocator.allocate(order: order, migratetype: type)
+            let frame: Int
+            if let memory = self.memory {
+                frame = try memory.allocate(order: order, migratetype: type)
+            } else {
+                frame = try self.allocator.allocate(order: order, migratetype: type)
+            }
             self.allocationCount.wrappingAdd(1, ordering: .relaxed)
             let packed = UInt64(frame) << 8 | UInt64(order)
             switch pool {
@@ -167,6 +192,7 @@ public final class WorkloadDriver: @unchecked Sendable {
 
     private func release(_ packed: UInt64) {
         let order = Int(packed & 0xFF)
+        self.memory?.willFree(frame: Int(packed >> 8), order: order)
         do {
             try self.allocator.free(frame: Int(packed >> 8), order: order)
             self.freeCount.wrappingAdd(1, ordering: .relaxed)

@@ -14,7 +14,7 @@ struct AgentCommand: ParsableCommand {
             Exit codes: 0 success, 1 the run failed (for example a broken allocator invariant), \
             2 bad flags or values.
             """,
-        subcommands: [SimulateCommand.self, RunCommand.self, LoadCommand.self]
+        subcommands: [SimulateCommand.self, RunCommand.self, LoadCommand.self, BenchCommand.self]
     )
 
     /// Parses and runs like `ParsableCommand.main()`, except that bad flags exit with status 2,

@@ -21,9 +21,12 @@ final class RealTimeWorkload: Sendable {
         var steps = 0
     }
 
-    init(kind: WorkloadKind, allocator: BuddyAllocator, seed: UInt64) {
-        self.driver = WorkloadDriver(kind: kind, allocator: allocator, seed: seed)
+    init(kind: WorkloadKind, allocator: BuddyAllocator, seed: UInt64, memory: (any WorkloadMemory)? = nil) {
+        self.driver = WorkloadDriver(kind: kind, allocator: allocator, seed: seed, memory: memory)
     }
+
+    /// The blocks the workload holds; only once it stopped.
+    var heldBlocks: [(frame: Int, order: Int)] { self.driver.heldBlocks }
 
     var statistics: Counters {
         Counters(

@@ -3,6 +3,7 @@ import BuddyAllocator
 import Dispatch
 import Foundation
 import GuestAgent
+import GuestMemory
 import GuestSimulator
 import Logging
 import NIOCore
@@ -17,8 +18,8 @@ struct RunCommand: ParsableCommand {
         discussion: """
             Runs for --duration, or until SIGINT or SIGTERM with --duration 0. Figures go to standard \
             error every --stats-interval and at exit; with --json, one JSON object is printed at exit \
-            (keys in docs/agent.md). Exit codes: 0 ok, 1 broken allocator invariant or isolated pages \
-            left, 2 bad flags.
+            (keys in docs/agent.md). Exit codes: 0 ok, 1 broken allocator invariant, isolated pages \
+            left or an integrity error, 2 bad flags.
             """
     )
 
@@ -27,8 +28,24 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Guest memory, e.g. 4GiB, 512MiB.", transform: parseByteSize)
     var memory: Int = 4 << 30
 
-    @Option(name: .customLong("page-size"), help: "Page size, e.g. 4KiB.", transform: parseByteSize)
-    var pageSize: Int = 4096
+    @Option(
+        name: .customLong("page-size"),
+        help: "Page size, e.g. 4KiB (hugetlb: the huge page size).",
+        transform: parseByteSize
+    )
+    var pageSizeOption: Int?
+
+    @Option(help: "What is behind the frames: \(BackingChoice.names) (none: numbers only, as before).")
+    var backing: BackingChoice = .memfd
+
+    @Option(
+        help:
+            "Who frees reported memory: guest (this agent, after the broker's OK) or none (accounting only); default guest, none with --backing none."
+    )
+    var discard: DiscardMode?
+
+    @Flag(help: "Touch the whole pool first, like a VM whose guest has used all of its memory once.")
+    var prefault = false
 
     @Option(
         help: "Workload: \(WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")).",
@@ -58,14 +75,33 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Print one JSON object at exit.")
     var json = false
 
+    /// The page size: the huge page size for hugetlb, else --page-size (4 KiB by default).
+    var pageSize: Int { (try? resolvePageSize(self.backing, requested: self.pageSizeOption)) ?? 4096 }
+
+    /// --discard, or its default for the backing.
+    var discardMode: DiscardMode { self.discard ?? (self.backing == .none ? .none : .guest) }
+
     func validate() throws {
         guard self.brokerOptions.cert != nil, self.brokerOptions.key != nil else {
             throw ValidationError("--cert and --key are required")
         }
-        guard self.pageSize >= 4096, self.pageSize & (self.pageSize - 1) == 0 else {
-            throw ValidationError("--page-size must be a power of two of at least 4KiB")
+        let pageSize = try resolvePageSize(self.backing, requested: self.pageSizeOption)
+        // Huge pages are big: a pool of 16 is plenty to try them.
+        let minimumPages = self.backing == .hugetlb ? 16 : 1024
+        guard self.memory >= pageSize * minimumPages else {
+            throw ValidationError("--memory must be at least \(minimumPages) pages")
         }
-        guard self.memory >= self.pageSize * 1024 else { throw ValidationError("--memory must be at least 1024 pages") }
+        if self.discardMode == .host {
+            throw ValidationError(
+                "--discard host comes with host-side discard (the broker holding the guest's memfd); use guest or none"
+            )
+        }
+        if self.backing == .none && self.discardMode == .guest {
+            throw ValidationError("--discard guest needs real memory: use --backing memfd, anonymous or hugetlb")
+        }
+        if self.backing == .none && self.prefault {
+            throw ValidationError("--prefault needs real memory: use --backing memfd, anonymous or hugetlb")
+        }
         guard self.duration >= .zero else { throw ValidationError("--duration must not be negative") }
         guard self.delay >= .zero else { throw ValidationError("--delay must not be negative") }
         guard self.statsInterval >= .zero else { throw ValidationError("--stats-interval must not be negative") }
@@ -86,7 +122,31 @@ struct RunCommand: ParsableCommand {
         } catch {
             throw ValidationError("cannot make the allocator: \(error)")
         }
-        let order = self.reportOrder ?? allocatorConfiguration.pageblockOrder
+        // Huge-page frames are reported one by one unless told otherwise: a pageblock of them is 1 GiB.
+        let order = self.reportOrder ?? (self.backing == .hugetlb ? 0 : allocatorConfiguration.pageblockOrder)
+        let memory = try makeGuestMemory(
+            self.backing,
+            memory: allocatorConfiguration.frameCount * self.pageSize,
+            pageSize: self.pageSize
+        )
+        if let memory, self.prefault {
+            do {
+                try memory.prefault()
+            } catch {
+                var stderr = FileHandleStream.standardError
+                stderr.write("pagebroker-agent: cannot prefault the pool: \(error)\n")
+                throw ExitCode.failure
+            }
+        }
+        let patterned = memory.map {
+            PatternedMemory(
+                zeroing: ZeroedAllocator(
+                    allocator: allocator,
+                    memory: $0,
+                    discardedReadsZero: self.discardMode == .guest
+                )
+            )
+        }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
@@ -99,9 +159,14 @@ struct RunCommand: ParsableCommand {
         )
         connection.start()
 
-        let workload = RealTimeWorkload(kind: self.workload, allocator: allocator, seed: self.seed)
+        let workload = RealTimeWorkload(kind: self.workload, allocator: allocator, seed: self.seed, memory: patterned)
         workload.start()
-        let device = RemoteReportingDevice(connection: connection)
+        let remote = RemoteReportingDevice(connection: connection)
+        let guestDiscard = memory.flatMap { memory in
+            self.discardMode == .guest
+                ? GuestDiscardingDevice(remote: remote, memory: memory, repopulateOnFailure: self.prefault) : nil
+        }
+        let device: any PageReportingDevice = guestDiscard ?? remote
         let engine = try PageReportingEngine.register(
             device: device,
             allocator: allocator,
@@ -109,7 +174,15 @@ struct RunCommand: ParsableCommand {
             configuration: PageReportingConfiguration(delay: self.delay, orderOverride: order)
         )
 
-        let figures = Figures(allocator: allocator, engine: engine, connection: connection, workload: workload)
+        let figures = Figures(
+            allocator: allocator,
+            engine: engine,
+            connection: connection,
+            workload: workload,
+            memory: memory,
+            patterned: patterned,
+            guestDiscard: guestDiscard
+        )
         let ticker = self.startTicker(figures)
         let started = ContinuousClock.now
         let signalName = waitForDurationOrSignal(self.duration == .zero ? nil : self.duration)
@@ -119,6 +192,10 @@ struct RunCommand: ParsableCommand {
         // Order matters: no new allocations, then no report in flight, then the last reuse and
         // Goodbye, so the broker's record ends equal to the guest's.
         workload.stop()
+        // Blocks still held were never freed: check them now, before anything else can touch them.
+        if let patterned {
+            for block in workload.heldBlocks { patterned.check(frame: block.frame, order: block.order) }
+        }
         engine.unregister()
         do {
             try connection.shutdown().wait()
@@ -128,15 +205,21 @@ struct RunCommand: ParsableCommand {
         let result = figures.result(
             seconds: Units.seconds(ContinuousClock.now - started),
             workload: self.workload.rawValue,
-            reportOrder: order
+            reportOrder: order,
+            backing: self.backing.rawValue,
+            discard: self.discardMode.rawValue,
+            prefault: self.prefault
         )
         var stderr = FileHandleStream.standardError
         stderr.write(figures.line(prefix: "final") + "\n")
+        if let error = patterned?.firstIntegrityError {
+            stderr.write("pagebroker-agent: integrity error: \(error)\n")
+        }
         if self.json {
             var stdout = FileHandleStream.standardOutput
             stdout.write(result.json() + "\n")
         }
-        if result.invariants != "ok" || result.isolatedPages != 0 {
+        if result.invariants != "ok" || result.isolatedPages != 0 || result.integrityErrors != 0 {
             throw ExitCode.failure
         }
     }
@@ -162,6 +245,12 @@ private struct Figures: Sendable {
     let engine: PageReportingEngine
     let connection: AgentConnection
     let workload: RealTimeWorkload
+    let memory: GuestMemory?
+    let patterned: PatternedMemory?
+    let guestDiscard: GuestDiscardingDevice?
+
+    /// The kernel's figure for the pool, `nil` without one (or if the kernel would not say).
+    var residentBytes: Int? { try? self.memory?.residentBytes() }
 
     func line(prefix: String) -> String {
         let stats = self.allocator.statistics
@@ -175,9 +264,18 @@ private struct Figures: Sendable {
             + " not delivered \(agent.reportsNotDelivered))"
             + " sessions \(agent.sessions) reuse frames \(agent.reuseFrames)"
             + " tenant \(agent.lastSession?.tenant ?? "-") guest \(agent.lastSession?.guest ?? "-")"
+            + (self.residentBytes.map { " resident \(Units.formatBytes($0))" } ?? "")
+            + (self.patterned.map { " integrity errors \($0.integrityErrors)" } ?? "")
     }
 
-    func result(seconds: Double, workload: String, reportOrder: Int) -> RunResult {
+    func result(
+        seconds: Double,
+        workload: String,
+        reportOrder: Int,
+        backing: String,
+        discard: String,
+        prefault: Bool
+    ) -> RunResult {
         let stats = self.allocator.statistics
         let engine = self.engine.statistics
         let agent = self.connection.statistics
@@ -215,7 +313,15 @@ private struct Figures: Sendable {
             seconds: seconds,
             allocations: work.allocations,
             frees: work.frees,
-            allocationFailures: work.allocationFailures
+            allocationFailures: work.allocationFailures,
+            backing: backing,
+            discard: discard,
+            prefault: prefault,
+            residentBytes: self.residentBytes,
+            integrityErrors: self.patterned?.integrityErrors ?? 0,
+            zeroingSkippedBytes: self.patterned?.zeroing.skippedBytes ?? 0,
+            zeroedBytes: self.patterned?.zeroing.zeroedBytes ?? 0,
+            discardFailures: self.guestDiscard?.statistics.discardFailures ?? 0
         )
     }
 }
@@ -248,6 +354,14 @@ struct RunResult: Encodable {
     var allocations: Int
     var frees: Int
     var allocationFailures: Int
+    var backing: String
+    var discard: String
+    var prefault: Bool
+    var residentBytes: Int?
+    var integrityErrors: Int
+    var zeroingSkippedBytes: Int
+    var zeroedBytes: Int
+    var discardFailures: Int
 
     enum CodingKeys: String, CodingKey {
         case discardedBytes = "discarded_bytes"
@@ -276,6 +390,14 @@ struct RunResult: Encodable {
         case allocations
         case frees
         case allocationFailures = "allocation_failures"
+        case backing
+        case discard
+        case prefault
+        case residentBytes = "resident_bytes"
+        case integrityErrors = "integrity_errors"
+        case zeroingSkippedBytes = "zeroing_skipped_bytes"
+        case zeroedBytes = "zeroed_bytes"
+        case discardFailures = "discard_failures"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -307,6 +429,15 @@ struct RunResult: Encodable {
         try container.encode(self.allocations, forKey: .allocations)
         try container.encode(self.frees, forKey: .frees)
         try container.encode(self.allocationFailures, forKey: .allocationFailures)
+        try container.encode(self.backing, forKey: .backing)
+        try container.encode(self.discard, forKey: .discard)
+        try container.encode(self.prefault, forKey: .prefault)
+        // No pool (--backing none): null, not 0, which would claim that nothing is resident.
+        try container.encode(self.residentBytes, forKey: .residentBytes)
+        try container.encode(self.integrityErrors, forKey: .integrityErrors)
+        try container.encode(self.zeroingSkippedBytes, forKey: .zeroingSkippedBytes)
+        try container.encode(self.zeroedBytes, forKey: .zeroedBytes)
+        try container.encode(self.discardFailures, forKey: .discardFailures)
     }
 
     func json() -> String {
