@@ -74,13 +74,17 @@ final class BrokerProcess: Sendable {
             burst: 2
         """
 
-    init(extraArguments: [String] = [], directory existing: String? = nil) throws {
+    init(
+        extraArguments: [String] = [],
+        directory existing: String? = nil,
+        configuration: String = BrokerProcess.configuration
+    ) throws {
         let directory =
             existing
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("pagebrokerd-e2e-\(UUID().uuidString)")
             .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try Self.configuration.write(toFile: "\(directory)/pagebrokerd.yaml", atomically: true, encoding: .utf8)
+        try configuration.write(toFile: "\(directory)/pagebrokerd.yaml", atomically: true, encoding: .utf8)
         self.directory = directory
         let process = Process()
         process.executableURL = URL(fileURLWithPath: builtProduct("pagebrokerd"))

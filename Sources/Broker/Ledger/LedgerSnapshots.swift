@@ -1,4 +1,9 @@
 /// One tenant's figures at a moment, for the admin API.
+///
+/// Figures are `Int`, as the admin API's JSON and metrics take them; the ledger's `Int128` byte
+/// sums saturate at `Int.max` (2^63 − 1, 8 EiB) on the way in, which only more than 2^11 guests
+/// at the protocol's largest pool can reach. A saturated figure reads as "at least this much"
+/// rather than trapping or wrapping negative.
 public struct TenantSnapshot: Hashable, Sendable, Codable {
     public var tenant: String
     /// Guests the ledger knows, connected or not.
@@ -20,12 +25,12 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
         self.tenant = tenant.tenant
         self.guests = tenant.guests
         self.guestsConnected = tenant.guestsConnected
-        self.reclaimableBytes = tenant.reclaimableBytes
+        self.reclaimableBytes = Int(clamping: tenant.reclaimableBytes)
         self.reportsOK = tenant.counters.reportsOK
         self.reportsFailed = tenant.counters.reportsFailed
         self.reportsFailedByReason = tenant.counters.reportsFailedByReason
-        self.bytesReported = tenant.counters.bytesReported
-        self.bytesReused = tenant.counters.bytesReused
+        self.bytesReported = Int(clamping: tenant.counters.bytesReported)
+        self.bytesReused = Int(clamping: tenant.counters.bytesReused)
     }
 
     // The admin API's JSON names (`pagebrokerctl tenants --json`).
@@ -85,7 +90,8 @@ public struct LedgerTotals: Hashable, Sendable {
     public var tenants = 0
     public var guests = 0
     public var guestsConnected = 0
-    public var reclaimableBytes = 0
+    /// Exact: see ``TenantLedger/reclaimableBytes`` for why an `Int128` cannot overflow.
+    public var reclaimableBytes: Int128 = 0
 
     public init() {}
 }
