@@ -64,7 +64,7 @@ import Testing
             (1 << 30, 1 << 23),  // 2^53 bytes
         ]
         for (pageSize, totalPages) in hostile {
-            let guest = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "hostile")
+            let guest = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "g2")
             try await guest.send(Self.hello(pageSize: pageSize, totalPages: totalPages))
             let answer = await guest.receive()
             #expect(self.errorCode(answer) == .limitExceeded, "\(pageSize) × \(totalPages): \(String(describing: answer))")
@@ -92,8 +92,8 @@ import Testing
         let pageSize: UInt32 = 1 << 20
         let totalPages: UInt64 = 1 << 32
         var guests: [RawGuest] = []
-        for tenant in ["t1", "t3"] {
-            let guest = try await RawGuest.connect(port: self.broker.port, tenant: tenant, guest: "huge")
+        for (tenant, name) in [("t1", "g3"), ("t3", "g1")] {
+            let guest = try await RawGuest.connect(port: self.broker.port, tenant: tenant, guest: name)
             try await guest.send(Self.hello(pageSize: pageSize, totalPages: totalPages))
             guard case .serverHello(let hello) = await guest.receive()?.body else {
                 Issue.record("the largest pool was refused")
@@ -115,7 +115,7 @@ import Testing
     }
 
     @Test func aPingBeforeTheHelloIsAProtocolViolationAndNotAnswered() async throws {
-        let guest = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "early")
+        let guest = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "g2")
         try await guest.send(.with { $0.ping = .with { $0.nonce = 42 } })
         let answer = await guest.receive()
         #expect(self.errorCode(answer) == .protocolViolation, "\(String(describing: answer))")
@@ -123,9 +123,9 @@ import Testing
     }
 
     @Test func aReplacedSessionGetsGoodbyeSessionReplaced() async throws {
-        let older = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "twin")
+        let older = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "g3")
         #expect(try await older.start() != nil)
-        let newer = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "twin")
+        let newer = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "g3")
         #expect(try await newer.start() != nil)
         guard case .goodbye(let goodbye) = await older.receive()?.body else {
             Issue.record("the older session got no Goodbye")
@@ -149,7 +149,7 @@ import Testing
             with: "heartbeat_interval: 1s"
         )
         let broker = try BrokerProcess(configuration: configuration)
-        let guest = try await RawGuest.connect(port: broker.port, tenant: "t1", guest: "trickle")
+        let guest = try await RawGuest.connect(port: broker.port, tenant: "t1", guest: "g2")
         #expect(try await guest.start() != nil)
         // A 200-block report: over 600 bytes, one byte every 100 ms is a minute for the whole
         // frame, far past the 3 s silence limit. The pacing is the test's input, not a wait for
