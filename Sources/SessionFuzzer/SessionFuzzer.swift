@@ -193,7 +193,8 @@ struct SessionFuzzCase {
                     switch core.admit(identity, geometry: admitted, control: FuzzSessionControl()) {
                     case .admitted(let id):
                         sessionID = id
-                        if ProtocolLimits.violation(pageSize: admitted.pageSize, totalPages: admitted.totalPages) != nil {
+                        if ProtocolLimits.violation(pageSize: admitted.pageSize, totalPages: admitted.totalPages) != nil
+                        {
                             fatalError("the core admitted a pool beyond the limits: \(admitted)")
                         }
                         next = machine.admitted(sessionID: id, tenant: "t", guest: "g", now: now)

@@ -67,7 +67,10 @@ import Testing
             let guest = try await RawGuest.connect(port: self.broker.port, tenant: "t1", guest: "g2")
             try await guest.send(Self.hello(pageSize: pageSize, totalPages: totalPages))
             let answer = await guest.receive()
-            #expect(self.errorCode(answer) == .limitExceeded, "\(pageSize) × \(totalPages): \(String(describing: answer))")
+            #expect(
+                self.errorCode(answer) == .limitExceeded,
+                "\(pageSize) × \(totalPages): \(String(describing: answer))"
+            )
             // What crashed the broker before: a sync and a report of the whole pool.
             try? await guest.send(Self.sync([0, totalPages]))
             try? await guest.send(

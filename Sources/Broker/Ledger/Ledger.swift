@@ -296,7 +296,9 @@ public struct Ledger: Sendable {
         let result = try body(&self.guestRecords[slot])
         let tenantSlot = self.guestRecords[slot].tenantSlot
         // Both at most 2^62 (GuestLedger.reclaimableBytes), so their difference fits an Int.
-        self.tenantRecords[tenantSlot].reclaimableBytes += Int128(self.guestRecords[slot].reclaimableBytes - bytesBefore)
+        self.tenantRecords[tenantSlot].reclaimableBytes += Int128(
+            self.guestRecords[slot].reclaimableBytes - bytesBefore
+        )
         let isConnected = self.guestRecords[slot].isConnected
         if wasConnected != isConnected { self.tenantRecords[tenantSlot].guestsConnected += isConnected ? 1 : -1 }
         return result

@@ -149,7 +149,9 @@ import Testing
         for tenant in core.tenants() {
             #expect(TenantSnapshot(tenant.wireMessage).reclaimableBytes == tenant.reclaimableBytes)
         }
-        #expect(AdminFormat.bytes(status.reclaimableBytes).hasSuffix(status.reclaimableBytes >= 1 << 60 ? "EiB" : "PiB"))
+        #expect(
+            AdminFormat.bytes(status.reclaimableBytes).hasSuffix(status.reclaimableBytes >= 1 << 60 ? "EiB" : "PiB")
+        )
         // A whole-pool report (the largest aligned block at frame 0) is accounted, not refused.
         let outcome = core.account(Self.identity("a", "g0"), blocks: [ReportedBlock(frame: 0, order: 22)])
         #expect(outcome.reason == .ok)
@@ -164,8 +166,15 @@ import Testing
     /// depth behind the session's own check).
     @Test func theCoreRefusesGeometryBeyondTheLimits() {
         let core = BrokerCore(policies: PolicySet(tenants: ["a": TenantPolicy()]), clock: { .zero })
-        let hostile = GuestGeometry(pageSize: 1 << 31, totalPages: 1 << 32, minOrder: 0, maxOrder: 10, agentVersion: "x")
-        guard case .refused(let code, _) = core.admit(Self.identity("a", "g"), geometry: hostile, control: FakeSession())
+        let hostile = GuestGeometry(
+            pageSize: 1 << 31,
+            totalPages: 1 << 32,
+            minOrder: 0,
+            maxOrder: 10,
+            agentVersion: "x"
+        )
+        guard
+            case .refused(let code, _) = core.admit(Self.identity("a", "g"), geometry: hostile, control: FakeSession())
         else {
             Issue.record("a geometry beyond the limits was admitted")
             return
