@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // Tests only: property-based checks of the ledger's sums and the hello's limits at the extremes.
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // MARK: Guest engine
@@ -188,6 +190,7 @@ let package = Package(
                 "Broker",
                 "BrokerAdminClient",
                 "BrokerProtocol",
+                .product(name: "PropertyBased", package: "swift-property-based"),
                 // Built so that the admin tests can run it as a real process.
                 "pagebrokerctl",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -2,6 +2,11 @@
 // broker makes them from its ledger (Broker's LedgerSnapshots.swift).
 
 /// One tenant's figures at a moment, for the admin API.
+///
+/// Figures are `Int`, as the admin API's JSON and metrics take them; the ledger's `Int128` byte
+/// sums saturate at `Int.max` (2^63 − 1, 8 EiB) on the way in, which only more than 2^11 guests
+/// at the protocol's largest pool can reach. A saturated figure reads as "at least this much"
+/// rather than trapping or wrapping negative.
 public struct TenantSnapshot: Hashable, Sendable, Codable {
     public var tenant: String
     /// Guests the ledger knows, connected or not.
@@ -109,7 +114,8 @@ public struct LedgerTotals: Hashable, Sendable {
     public var tenants = 0
     public var guests = 0
     public var guestsConnected = 0
-    public var reclaimableBytes = 0
+    /// Exact: see ``TenantLedger/reclaimableBytes`` for why an `Int128` cannot overflow.
+    public var reclaimableBytes: Int128 = 0
 
     public init() {}
 }

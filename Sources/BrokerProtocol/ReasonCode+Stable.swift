@@ -26,6 +26,8 @@ extension Pagebroker_V1_ReasonCode {
         case .orderOutOfBounds: "order_out_of_bounds"
         case .sequenceReplayed: "sequence_replayed"
         case .tooManyRanges: "too_many_ranges"
+        case .limitExceeded: "limit_exceeded"
+        case .sessionReplaced: "session_replaced"
         case .UNRECOGNIZED(let number): "unrecognized_\(number)"
         }
     }

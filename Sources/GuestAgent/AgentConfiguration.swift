@@ -87,6 +87,9 @@ public struct AgentStatistics: Sendable, Hashable {
     /// `Sync` chunks sent, and pages in them, over all sessions.
     public var syncChunks = 0
     public var syncPages = 0
+    /// Sessions the broker ended with `Goodbye(SESSION_REPLACED)`: another agent with this
+    /// guest's identity connected. More than one usually means two agents share a certificate.
+    public var sessionsReplaced = 0
     /// The most recent session the broker granted.
     public var lastSession: SessionInfo?
 

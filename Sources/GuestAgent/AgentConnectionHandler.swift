@@ -144,8 +144,20 @@ final class AgentConnectionHandler: ChannelInboundHandler {
             context.flush()
         }
         if let reason = actions.close {
-            let level: Logger.Level = reason.resynchronise ? .notice : .info
-            self.owner.logger.log(level: level, "closing the broker connection", metadata: ["reason": "\(reason)"])
+            if reason.sessionReplaced {
+                self.owner.count { $0.sessionsReplaced += 1 }
+                self.owner.logger.warning(
+                    "another session with this guest's identity replaced this one; if it keeps happening, two agents share a certificate",
+                    metadata: ["reason": "\(reason)"]
+                )
+            } else {
+                let level: Logger.Level = reason.resynchronise ? .notice : .info
+                self.owner.logger.log(
+                    level: level,
+                    "closing the broker connection",
+                    metadata: ["reason": "\(reason)"]
+                )
+            }
             self.cancelTimers()
             context.close(promise: nil)
         }

@@ -72,10 +72,15 @@ public struct AgentConnectionStateMachine: Sendable {
         /// accepted after the guest gave up on it): reconnect at once, the new session's sync
         /// makes the records equal again.
         public var resynchronise: Bool
+        /// `true` when the broker said another session with this guest's identity replaced this
+        /// one (`Goodbye(SESSION_REPLACED)`): logged and counted apart from an ordinary stop,
+        /// because two agents sharing an identity keep replacing each other.
+        public var sessionReplaced: Bool
 
-        public init(_ description: String, resynchronise: Bool = false) {
+        public init(_ description: String, resynchronise: Bool = false, sessionReplaced: Bool = false) {
             self.description = description
             self.resynchronise = resynchronise
+            self.sessionReplaced = sessionReplaced
         }
     }
 
@@ -220,6 +225,18 @@ public struct AgentConnectionStateMachine: Sendable {
         case .pong:
             // Any frame is a sign of life; the nonce need not match anything we sent.
             return .none
+        case .goodbye(let goodbye) where goodbye.reason == .sessionReplaced:
+            let error = AgentError(
+                code: .sessionReplaced,
+                reason: goodbye.reason,
+                message: "another session of this guest replaced this one: \(goodbye.message)"
+            )
+            var actions = self.closeSession(error)
+            actions.close = CloseReason(
+                "broker said goodbye: session_replaced \(goodbye.message)",
+                sessionReplaced: true
+            )
+            return actions
         case .goodbye(let goodbye):
             let retry: Duration? = goodbye.reason == .shuttingDown ? .seconds(1) : nil
             let error = AgentError(

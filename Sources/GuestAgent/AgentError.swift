@@ -45,6 +45,9 @@ public struct AgentError: Error, Hashable, Sendable, CustomStringConvertible, Re
         public static let shutDown = Code(8, "shut_down")
         /// The frame could not be encoded within the negotiated frame size.
         public static let frameTooLarge = Code(9, "frame_too_large")
+        /// The broker ended the session with `Goodbye(SESSION_REPLACED)`: a newer session with
+        /// this guest's identity (another agent, or this one reconnecting) took over.
+        public static let sessionReplaced = Code(10, "session_replaced")
     }
 
     /// What went wrong.

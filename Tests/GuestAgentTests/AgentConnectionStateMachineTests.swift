@@ -347,6 +347,32 @@ struct AgentConnectionStateMachineTests {
         #expect(byError.receive(serverHello(), now: .seconds(1)) == .none, "nothing is answered after close")
     }
 
+    @Test("Goodbye(SESSION_REPLACED) is told apart from an ordinary stop")
+    func replacedSession() throws {
+        var machine = activeMachine()
+        _ = try machine.report(blocks: [512, 9], now: .seconds(1)).get()
+        var goodbye = Pagebroker_V1_Frame()
+        goodbye.goodbye = .with {
+            $0.reason = .sessionReplaced
+            $0.message = "replaced by a newer session of the same guest"
+        }
+        let closed = machine.receive(goodbye, now: .seconds(1))
+        #expect(closed.frames.isEmpty, "nothing is answered to a Goodbye")
+        #expect(closed.close?.sessionReplaced == true)
+        guard case .failed(let error) = closed.completions.first?.outcome else {
+            Issue.record("expected the outstanding report to fail")
+            return
+        }
+        #expect(error.code == .sessionReplaced)
+        #expect(error.reason == .sessionReplaced)
+
+        // An ordinary stop is not a replacement.
+        var stopped = activeMachine()
+        var ordinary = Pagebroker_V1_Frame()
+        ordinary.goodbye = .with { $0.reason = .ok }
+        #expect(stopped.receive(ordinary, now: .seconds(1)).close?.sessionReplaced == false)
+    }
+
     @Test("a body only a guest sends is a protocol violation")
     func wrongDirection() {
         for body in [Pagebroker_V1_Frame.OneOf_Body.report(.init()), .sync(.init()), .reuse(.init())] {

@@ -30,6 +30,10 @@ public struct GuestLedger: Sendable {
     public var isSyncing: Bool { self.pendingSync != nil }
 
     /// The bytes the host can reclaim for the guest: its discarded frames times its page size.
+    ///
+    /// Cannot overflow: frames are below 2^32 (``FrameRangeSet/frameLimit``) and the page size
+    /// is at most 2^30 (``Ledger/connect(tenant:guest:pageSize:)`` refuses larger), so the
+    /// product is at most 2^62.
     public var reclaimableBytes: Int { self.discarded.frameCount * self.pageSize }
 
     // MARK: Session

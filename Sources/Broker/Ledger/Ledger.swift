@@ -1,4 +1,5 @@
 import BrokerAdminClient
+import BrokerProtocol
 
 /// The broker's accounts: per guest the frames the host holds discarded, per tenant the sums
 /// and counters.
@@ -31,6 +32,10 @@ public struct Ledger: Sendable {
     /// An empty ledger.
     public init() {}
 
+    /// The largest page size the ledger accepts: the protocol's (``ProtocolLimits/maxPageSize``),
+    /// which with frames below 2^32 bounds a guest's bytes by 2^62, within an `Int`.
+    public static let maxPageSize = Int(ProtocolLimits.maxPageSize)
+
     // MARK: Sessions
 
     /// Makes a tenant known, so it is listed (with zeros) before any of its guests connects.
@@ -45,9 +50,10 @@ public struct Ledger: Sendable {
     /// different from the record's drops the record's frames (they were numbered for another
     /// page size); the sync after the connect rebuilds them.
     ///
-    /// - Throws: ``LedgerError/Code/invalidPageSize`` unless `pageSize` is a positive power of two.
+    /// - Throws: ``LedgerError/Code/invalidPageSize`` unless `pageSize` is a power of two of at
+    ///   most ``maxPageSize``.
     public mutating func connect(tenant: String, guest: String, pageSize: Int) throws(LedgerError) {
-        guard pageSize > 0, pageSize & (pageSize - 1) == 0 else {
+        guard pageSize > 0, pageSize & (pageSize - 1) == 0, pageSize <= Self.maxPageSize else {
             throw LedgerError(.invalidPageSize, tenant: tenant, guest: guest, detail: "page size \(pageSize)")
         }
         let key = GuestKey(tenant: tenant, guest: guest)
@@ -67,7 +73,7 @@ public struct Ledger: Sendable {
         let outcome = self.guestRecords[slot].connect(pageSize: pageSize)
         let tenantSlot = self.guestRecords[slot].tenantSlot
         // A page size change dropped the old frames, which were counted at the old size.
-        self.tenantRecords[tenantSlot].reclaimableBytes += outcome.frameDelta * oldPageSize
+        self.tenantRecords[tenantSlot].reclaimableBytes += Int128(outcome.frameDelta * oldPageSize)
         if !outcome.wasConnected { self.tenantRecords[tenantSlot].guestsConnected += 1 }
     }
 
@@ -86,7 +92,7 @@ public struct Ledger: Sendable {
         guard let slot = self.guestSlots[key] else { throw LedgerError(.unknownGuest, tenant: tenant, guest: guest) }
         let record = self.guestRecords[slot]
         guard !record.isConnected else { throw LedgerError(.stillConnected, tenant: tenant, guest: guest) }
-        self.tenantRecords[record.tenantSlot].reclaimableBytes -= record.reclaimableBytes
+        self.tenantRecords[record.tenantSlot].reclaimableBytes -= Int128(record.reclaimableBytes)
         self.tenantRecords[record.tenantSlot].guests -= 1
         // Fill the hole with the last record, so the array stays dense and slots stay O(1).
         self.guestSlots[key] = nil
@@ -216,6 +222,7 @@ public struct Ledger: Sendable {
             totals.tenants += 1
             totals.guests += tenant.guests
             totals.guestsConnected += tenant.guestsConnected
+            // Int128: see TenantLedger.reclaimableBytes for why a sum over guests cannot overflow it.
             totals.reclaimableBytes += tenant.reclaimableBytes
         }
         return totals
@@ -238,7 +245,7 @@ public struct Ledger: Sendable {
             }
             sums[record.tenantSlot].guests += 1
             sums[record.tenantSlot].guestsConnected += record.isConnected ? 1 : 0
-            sums[record.tenantSlot].reclaimableBytes += record.reclaimableBytes
+            sums[record.tenantSlot].reclaimableBytes += Int128(record.reclaimableBytes)
         }
         if self.guestSlots.count != self.guestRecords.count {
             problems.append("guest index and records differ in size")
@@ -289,7 +296,10 @@ public struct Ledger: Sendable {
         let bytesBefore = self.guestRecords[slot].reclaimableBytes
         let result = try body(&self.guestRecords[slot])
         let tenantSlot = self.guestRecords[slot].tenantSlot
-        self.tenantRecords[tenantSlot].reclaimableBytes += self.guestRecords[slot].reclaimableBytes - bytesBefore
+        // Both at most 2^62 (GuestLedger.reclaimableBytes), so their difference fits an Int.
+        self.tenantRecords[tenantSlot].reclaimableBytes += Int128(
+            self.guestRecords[slot].reclaimableBytes - bytesBefore
+        )
         let isConnected = self.guestRecords[slot].isConnected
         if wasConnected != isConnected { self.tenantRecords[tenantSlot].guestsConnected += isConnected ? 1 : -1 }
         return result
@@ -315,8 +325,9 @@ public struct Ledger: Sendable {
     @usableFromInline
     mutating func report(_ range: Range<UInt64>, slot: Int) -> Int {
         let added = self.guestRecords[slot].report(range)
+        // `added` frames are below 2^32 and the page size at most 2^30: the product fits an Int.
         self.tenantRecords[self.guestRecords[slot].tenantSlot].reclaimableBytes +=
-            added * self.guestRecords[slot].pageSize
+            Int128(added * self.guestRecords[slot].pageSize)
         return added
     }
 
@@ -324,21 +335,21 @@ public struct Ledger: Sendable {
     mutating func countReport(slot: Int, addedFrames: Int) {
         let tenantSlot = self.guestRecords[slot].tenantSlot
         self.tenantRecords[tenantSlot].counters.reportsOK += 1
-        self.tenantRecords[tenantSlot].counters.bytesReported += addedFrames * self.guestRecords[slot].pageSize
+        self.tenantRecords[tenantSlot].counters.bytesReported += Int128(addedFrames * self.guestRecords[slot].pageSize)
     }
 
     @usableFromInline
     mutating func reuse(_ range: Range<UInt64>, slot: Int) -> Int {
         let removed = self.guestRecords[slot].reuse(range)
         self.tenantRecords[self.guestRecords[slot].tenantSlot].reclaimableBytes -=
-            removed * self.guestRecords[slot].pageSize
+            Int128(removed * self.guestRecords[slot].pageSize)
         return removed
     }
 
     @usableFromInline
     mutating func countReuse(slot: Int, removedFrames: Int) {
         let tenantSlot = self.guestRecords[slot].tenantSlot
-        self.tenantRecords[tenantSlot].counters.bytesReused += removedFrames * self.guestRecords[slot].pageSize
+        self.tenantRecords[tenantSlot].counters.bytesReused += Int128(removedFrames * self.guestRecords[slot].pageSize)
     }
 
     @usableFromInline

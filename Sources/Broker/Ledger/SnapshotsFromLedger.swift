@@ -9,12 +9,12 @@ extension TenantSnapshot {
             tenant: tenant.tenant,
             guests: tenant.guests,
             guestsConnected: tenant.guestsConnected,
-            reclaimableBytes: tenant.reclaimableBytes,
+            reclaimableBytes: Int(clamping: tenant.reclaimableBytes),
             reportsOK: tenant.counters.reportsOK,
             reportsFailed: tenant.counters.reportsFailed,
             reportsFailedByReason: tenant.counters.reportsFailedByReason,
-            bytesReported: tenant.counters.bytesReported,
-            bytesReused: tenant.counters.bytesReused
+            bytesReported: Int(clamping: tenant.counters.bytesReported),
+            bytesReused: Int(clamping: tenant.counters.bytesReused)
         )
     }
 }

@@ -58,6 +58,9 @@ public final class BrokerMetrics: Sendable {
         let counter: Counter
         var value: Int = 0
 
+        // Sources are never negative and saturate at Int.max (TenantSnapshot), so the difference
+        // fits an Int64 and the counter's increments sum to at most Int.max: its wrapping add
+        // never wraps. A saturated source stops the counter there rather than trapping.
         mutating func advance(to value: Int) {
             if value > self.value { self.counter.increment(by: Int64(value - self.value)) }
             self.value = value

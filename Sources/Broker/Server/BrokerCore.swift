@@ -126,6 +126,11 @@ public final class BrokerCore: AdminBackend, Sendable {
             guard let policy = state.policies.policy(for: identity.tenant) else {
                 return (.refused(code: .protocolViolation, message: "tenant \(identity.tenant) is not configured"), nil)
             }
+            // The session's state machine refuses such a hello first; checked again here because
+            // the core is public and every sum it keeps relies on these bounds.
+            if let violation = ProtocolLimits.violation(pageSize: geometry.pageSize, totalPages: geometry.totalPages) {
+                return (.refused(code: .limitExceeded, message: violation), nil)
+            }
             // A guest replacing its own session does not need a new slot.
             if state.sessions[key] == nil && state.sessions.count >= self.maxSessions {
                 return (
@@ -295,9 +300,12 @@ public final class BrokerCore: AdminBackend, Sendable {
                 guests: totals.guests,
                 guestsConnected: totals.guestsConnected,
                 sessions: state.sessions.count,
-                reclaimableBytes: totals.reclaimableBytes,
-                reportsOK: tenants.reduce(0) { $0 + $1.reportsOK },
-                reportsFailed: tenants.reduce(0) { $0 + $1.reportsFailed },
+                // The ledger's exact Int128 sum saturates into the admin API's Int (see
+                // TenantSnapshot); the counts are summed saturating, so two tenants at the
+                // limits make `status` say "at least Int.max", not trap.
+                reclaimableBytes: Int(clamping: totals.reclaimableBytes),
+                reportsOK: tenants.lazy.map(\.reportsOK).saturatingSum(),
+                reportsFailed: tenants.lazy.map(\.reportsFailed).saturatingSum(),
                 shuttingDown: state.shuttingDown
             )
         }

@@ -81,6 +81,19 @@ public struct SessionStateMachine: Sendable {
         switch (body, self.state) {
         case (_, .closed):
             return .none
+        // Before ServerHello nothing but ClientHello is allowed (docs/protocol.md, "Hello"), so
+        // these come before the cases that hold at any later point: a Ping is not answered, a
+        // Pong or Goodbye is not taken as a sign of a session. An Error is the one exception: it
+        // is fatal, and nothing may be sent after receiving one, not even an Error back.
+        case (.error(let error), .awaitingHello), (.error(let error), .admitting):
+            self.state = .closed
+            return .close(reason: "guest sent error \(error.code.stableName) before the hello: \(error.message)")
+        case (.clientHello(let hello), .awaitingHello):
+            return self.hello(hello)
+        case (_, .awaitingHello):
+            return self.fail(.protocolViolation, "the first frame must be ClientHello")
+        case (_, .admitting):
+            return self.fail(.protocolViolation, "nothing may be sent before ServerHello")
         case (.ping(let ping), _):
             return self.sent(.send(.with { $0.pong = .with { $0.nonce = ping.nonce } }), now: now)
         case (.pong, _):
@@ -91,14 +104,8 @@ public struct SessionStateMachine: Sendable {
         case (.error(let error), _):
             self.state = .closed
             return .close(reason: "guest sent error \(error.code.stableName): \(error.message)")
-        case (.clientHello(let hello), .awaitingHello):
-            return self.hello(hello)
         case (.clientHello, _):
             return self.fail(.protocolViolation, "a second ClientHello")
-        case (_, .awaitingHello):
-            return self.fail(.protocolViolation, "the first frame must be ClientHello")
-        case (_, .admitting):
-            return self.fail(.protocolViolation, "nothing may be sent before ServerHello")
         case (.serverHello, _), (.reportResult, _):
             return self.fail(.protocolViolation, "a body only the broker sends")
         case (.sync(let sync), .syncing(let active, let nextChunk)):
@@ -165,6 +172,9 @@ public struct SessionStateMachine: Sendable {
             )
             $0.tenantID = tenant
             $0.guestID = guest
+            $0.maxPageSize = ProtocolLimits.maxPageSize
+            $0.maxTotalPages = ProtocolLimits.maxTotalPages
+            $0.maxPoolBytes = ProtocolLimits.maxPoolBytes
         }
         return self.sent(.send(.with { $0.serverHello = hello }), now: now)
     }
@@ -216,7 +226,9 @@ public struct SessionStateMachine: Sendable {
         return .sendAndClose(
             .with {
                 $0.goodbye = .with {
-                    $0.reason = .ok
+                    // Its own code, so the guest can tell this from an ordinary stop: another
+                    // process holds its identity, and reconnecting at once would replace that one.
+                    $0.reason = .sessionReplaced
                     $0.message = "replaced by a newer session of the same guest"
                 }
             }
@@ -246,8 +258,11 @@ public struct SessionStateMachine: Sendable {
             )
         }
         let pageSize = hello.pageSize
-        guard pageSize >= 4096, pageSize & (pageSize - 1) == 0 else {
-            return self.fail(.protocolViolation, "page_size \(pageSize) is not a power of two of at least 4096")
+        guard pageSize >= ProtocolLimits.minPageSize, pageSize & (pageSize - 1) == 0 else {
+            return self.fail(
+                .protocolViolation,
+                "page_size \(pageSize) is not a power of two of at least \(ProtocolLimits.minPageSize)"
+            )
         }
         guard hello.totalPages > 0 else { return self.fail(.protocolViolation, "total_pages is 0") }
         guard hello.minOrder <= hello.maxOrder, hello.maxOrder <= 63 else {
@@ -255,6 +270,11 @@ public struct SessionStateMachine: Sendable {
                 .protocolViolation,
                 "orders \(hello.minOrder)...\(hello.maxOrder) are not 0 <= min <= max <= 63"
             )
+        }
+        // The value checks above make a hello meaningless; these make it one the broker cannot
+        // account (docs/protocol.md, "Limits"), so they get their own code.
+        if let violation = ProtocolLimits.violation(pageSize: pageSize, totalPages: hello.totalPages) {
+            return self.fail(.limitExceeded, violation)
         }
         guard
             let frameSize = WireProtocol.negotiateMaxFrameSize(

@@ -295,6 +295,12 @@ public nonisolated struct Pagebroker_V1_AdminResponse: Sendable {
 }
 
 /// The broker's figures at one moment. Byte figures are bytes, not pages.
+///
+/// Every figure saturates at 2^63 - 1 rather than wrapping: the broker keeps byte
+/// sums exact in 128 bits, and guests of the protocol's largest pool (2^52 bytes,
+/// docs/protocol.md "Limits") reach 2^63 from 2^11 of them. A figure of
+/// 9223372036854775807 reads "at least this much". The same holds for
+/// TenantStatus and GuestStatus.
 public nonisolated struct Pagebroker_V1_AdminStatus: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for

@@ -80,6 +80,14 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
 
   /// A report carries more than max_ranges_per_report blocks.
   case tooManyRanges // = 15
+
+  /// A ClientHello announces a pool beyond the protocol's limits (page_size,
+  /// total_pages or their product above ServerHello's max_page_size,
+  /// max_total_pages, max_pool_bytes). Not transient: the same hello is always refused.
+  case limitExceeded // = 16
+
+  /// In Goodbye: a newer session of the same guest identity took over this one.
+  case sessionReplaced // = 17
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -104,6 +112,8 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
     case 13: self = .orderOutOfBounds
     case 14: self = .sequenceReplayed
     case 15: self = .tooManyRanges
+    case 16: self = .limitExceeded
+    case 17: self = .sessionReplaced
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -126,6 +136,8 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
     case .orderOutOfBounds: return 13
     case .sequenceReplayed: return 14
     case .tooManyRanges: return 15
+    case .limitExceeded: return 16
+    case .sessionReplaced: return 17
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -148,6 +160,8 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
     .orderOutOfBounds,
     .sequenceReplayed,
     .tooManyRanges,
+    .limitExceeded,
+    .sessionReplaced,
   ]
 
 }
@@ -349,6 +363,20 @@ public nonisolated struct Pagebroker_V1_ServerHello: Sendable {
 
   public var guestID: String = String()
 
+  /// The protocol's limits on a guest's pool (docs/protocol.md, "Limits"), so a
+  /// guest that may grow its pool knows how far it can before a reconnect with a
+  /// larger total_pages is refused. A ClientHello beyond them is refused with
+  /// REASON_CODE_LIMIT_EXCEEDED before any ServerHello. Version 1 brokers send
+  /// 2^30, 2^32 and 2^52; 0 (a broker predating the fields) means those values.
+  /// Largest page_size, in bytes.
+  public var maxPageSize: UInt32 = 0
+
+  /// Largest total_pages: frames are numbered 0 ..< 2^32.
+  public var maxTotalPages: UInt64 = 0
+
+  /// Largest page_size * total_pages, in bytes.
+  public var maxPoolBytes: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -491,7 +519,7 @@ public nonisolated struct Pagebroker_V1_Error: Sendable {
 fileprivate nonisolated let _protobuf_package = "pagebroker.v1"
 
 nonisolated extension Pagebroker_V1_ReasonCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REASON_CODE_UNSPECIFIED\0\u{1}REASON_CODE_OK\0\u{1}REASON_CODE_INVALID_RANGE\0\u{1}REASON_CODE_NOT_ALIGNED\0\u{1}REASON_CODE_OUT_OF_BOUNDS\0\u{1}REASON_CODE_OVERLAP_IN_BATCH\0\u{1}REASON_CODE_TENANT_PAUSED\0\u{1}REASON_CODE_RATE_LIMITED\0\u{1}REASON_CODE_BACKEND_FAILED\0\u{1}REASON_CODE_SHUTTING_DOWN\0\u{1}REASON_CODE_UNSUPPORTED_VERSION\0\u{1}REASON_CODE_FRAME_TOO_LARGE\0\u{1}REASON_CODE_PROTOCOL_VIOLATION\0\u{1}REASON_CODE_ORDER_OUT_OF_BOUNDS\0\u{1}REASON_CODE_SEQUENCE_REPLAYED\0\u{1}REASON_CODE_TOO_MANY_RANGES\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REASON_CODE_UNSPECIFIED\0\u{1}REASON_CODE_OK\0\u{1}REASON_CODE_INVALID_RANGE\0\u{1}REASON_CODE_NOT_ALIGNED\0\u{1}REASON_CODE_OUT_OF_BOUNDS\0\u{1}REASON_CODE_OVERLAP_IN_BATCH\0\u{1}REASON_CODE_TENANT_PAUSED\0\u{1}REASON_CODE_RATE_LIMITED\0\u{1}REASON_CODE_BACKEND_FAILED\0\u{1}REASON_CODE_SHUTTING_DOWN\0\u{1}REASON_CODE_UNSUPPORTED_VERSION\0\u{1}REASON_CODE_FRAME_TOO_LARGE\0\u{1}REASON_CODE_PROTOCOL_VIOLATION\0\u{1}REASON_CODE_ORDER_OUT_OF_BOUNDS\0\u{1}REASON_CODE_SEQUENCE_REPLAYED\0\u{1}REASON_CODE_TOO_MANY_RANGES\0\u{1}REASON_CODE_LIMIT_EXCEEDED\0\u{1}REASON_CODE_SESSION_REPLACED\0")
 }
 
 nonisolated extension Pagebroker_V1_Frame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -759,7 +787,7 @@ nonisolated extension Pagebroker_V1_ClientHello: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServerHello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}broker_version\0\u{3}session_id\0\u{3}max_frame_size\0\u{3}max_ranges_per_report\0\u{3}min_report_order\0\u{3}heartbeat_interval_ms\0\u{3}tenant_id\0\u{3}guest_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}broker_version\0\u{3}session_id\0\u{3}max_frame_size\0\u{3}max_ranges_per_report\0\u{3}min_report_order\0\u{3}heartbeat_interval_ms\0\u{3}tenant_id\0\u{3}guest_id\0\u{3}max_page_size\0\u{3}max_total_pages\0\u{3}max_pool_bytes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -776,6 +804,9 @@ nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftPro
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.heartbeatIntervalMs) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.tenantID) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.guestID) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.maxPageSize) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.maxTotalPages) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.maxPoolBytes) }()
       default: break
       }
     }
@@ -809,6 +840,15 @@ nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftPro
     if !self.guestID.isEmpty {
       try visitor.visitSingularStringField(value: self.guestID, fieldNumber: 9)
     }
+    if self.maxPageSize != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxPageSize, fieldNumber: 10)
+    }
+    if self.maxTotalPages != 0 {
+      try visitor.visitSingularUInt64Field(value: self.maxTotalPages, fieldNumber: 11)
+    }
+    if self.maxPoolBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.maxPoolBytes, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -822,6 +862,9 @@ nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftPro
     if lhs.heartbeatIntervalMs != rhs.heartbeatIntervalMs {return false}
     if lhs.tenantID != rhs.tenantID {return false}
     if lhs.guestID != rhs.guestID {return false}
+    if lhs.maxPageSize != rhs.maxPageSize {return false}
+    if lhs.maxTotalPages != rhs.maxTotalPages {return false}
+    if lhs.maxPoolBytes != rhs.maxPoolBytes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,15 @@
+extension Sequence<Int> {
+    /// The sum, saturating at `Int.max` and `Int.min` instead of trapping.
+    ///
+    /// For figures that add up counts or bytes from many guests or tenants, where an exact
+    /// total may not fit an `Int` and a trap would take down every session of the broker.
+    func saturatingSum() -> Int {
+        var total = 0
+        for value in self {
+            let (sum, overflow) = total.addingReportingOverflow(value)
+            if overflow { return value > 0 ? .max : .min }
+            total = sum
+        }
+        return total
+    }
+}
