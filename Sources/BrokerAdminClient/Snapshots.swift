@@ -114,7 +114,7 @@ public struct LedgerTotals: Hashable, Sendable {
     public var tenants = 0
     public var guests = 0
     public var guestsConnected = 0
-    /// Exact: see ``TenantLedger/reclaimableBytes`` for why an `Int128` cannot overflow.
+    /// Exact: see the broker's `TenantLedger.reclaimableBytes` for why an `Int128` cannot overflow.
     public var reclaimableBytes: Int128 = 0
 
     public init() {}
