@@ -196,3 +196,49 @@ struct DiscardingPool {
         #expect(buffer.reusedPages == 0)
     }
 }
+
+/// A discard that fails halfway through a batch, on a prefaulted pool: what was already
+/// discarded is made resident again, so the kernel's figure keeps matching the record.
+@Suite struct DiscardFailureTests {
+    @Test func aFailureHalfwayRepopulatesWhatWasDiscarded() throws {
+        // MADV_DONTNEED refuses mlocked pages (EINVAL): lock one 64-frame block in turn. Which
+        // block comes first in the batch is the engine's business, so every block is tried:
+        // in at least one case blocks before it were discarded already.
+        var failures = 0
+        for locked in 0..<4 {
+            let length = DiscardingPool.frames * 4096
+            let base = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+            defer { munmap(base, length) }
+            let memory = try GuestMemory.external(base: base, length: length)
+            try memory.prefault()
+            #expect(mlock(memory.address(ofFrame: locked * 64), 64 * 4096) == 0)
+            let allocator = try BuddyAllocator(DiscardingPool.configuration)
+            let clock = VirtualClock()
+            let sink = RangeSink()
+            let device = GuestDiscardingDevice(wrapping: AcceptingDevice(), memory: memory, repopulateOnFailure: true) {
+                ranges in sink.ranges.withLock { $0 += ranges }
+            }
+            let engine = try PageReportingEngine.register(
+                device: device,
+                allocator: allocator,
+                scheduler: clock,
+                configuration: DiscardingPool.reporting
+            )
+            clock.advance(by: .seconds(2))
+            let discarded = allocator.discardedRanges().reduce(0) { $0 + $1.count }
+            #expect(
+                try memory.residentBytes() == length - discarded * 4096,
+                "block \(locked) locked: the kernel's figure is the record"
+            )
+            if device.statistics.discardFailures > 0 {
+                failures += 1
+                #expect(discarded == 0)
+                #expect(sink.ranges.withLock { $0 }.reduce(0) { $0 + $1.count } == 192)
+            }
+            engine.unregister()
+            munlock(memory.address(ofFrame: locked * 64), 64 * 4096)
+        }
+        // Three of the four blocks are reported, so three cases fail their discard.
+        #expect(failures == 3)
+    }
+}
