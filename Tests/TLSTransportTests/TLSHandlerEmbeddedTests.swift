@@ -200,6 +200,19 @@ struct TLSHandlerEmbeddedTests {
         #expect(!pair.client.isActive)
     }
 
+    @Test func forceCloseEndsAClosingConnectionWithoutWaitingForThePeer() throws {
+        let pki = try TestPKI.get()
+        let pair = try Pair(server: pki.serverConfiguration(), client: pki.clientConfiguration())
+        try pair.connect()
+        let closed = pair.client.close()
+        _ = try pair.client.readOutbound(as: ByteBuffer.self)  // the close_notify, never answered
+        #expect(pair.client.isActive)
+        pair.client.pipeline.triggerUserOutboundEvent(TLSForceClose(), promise: nil)
+        // No time passes: the close that was waiting for the peer completes with the channel's.
+        #expect(!pair.client.isActive)
+        try closed.wait()
+    }
+
     @Test func transportEndingWithoutCloseNotifyIsUnclean() throws {
         let pki = try TestPKI.get()
         let pair = try Pair(server: pki.serverConfiguration(), client: pki.clientConfiguration())
@@ -275,6 +288,8 @@ struct TLSHandlerEmbeddedTests {
         try refused.connect()
         #expect(tlsErrors(refused.serverLog) == [.peerRejected])
         #expect(handshake(refused.serverLog) == nil)
+        // The refused client is told why: an access_denied alert after the TLS 1.3 handshake.
+        #expect(tlsErrors(refused.clientLog) == [.accessDenied])
 
         let accepted = try Pair(server: server, client: pki.clientConfiguration("client-t2-g7"))
         try accepted.connect()
