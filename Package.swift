@@ -83,7 +83,7 @@ let package = Package(
 
         // MARK: Broker
         // libFuzzer entry point for the session state machine; a crash reproducer otherwise.
-        .executableTarget(name: "SessionFuzzer", dependencies: ["Broker", "BrokerProtocol"]),
+        .executableTarget(name: "SessionFuzzer", dependencies: ["Broker", "BrokerAdminClient", "BrokerProtocol"]),
         .target(
             name: "Broker",
             dependencies: [

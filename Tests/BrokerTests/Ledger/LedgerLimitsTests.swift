@@ -1,4 +1,5 @@
 import Broker
+import BrokerAdminClient
 import BrokerProtocol
 import Prometheus
 import PropertyBased
