@@ -16,6 +16,13 @@ struct PageFaultBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "page-fault",
         abstract: "Page-fault cost of free page reporting: allocate, write, free, with reporting on and off.",
+        // The parser does not wrap usage lines, and the generated one is 225 columns: broken by
+        // hand where an 80-column terminal needs it (later lines get the parser's indent).
+        usage: """
+            pagebroker-agent bench page-fault [--threads <n>] [--order <k>]
+            [--duration <d>] [--repeat <r>] [--memory <size>] [--backing <backing>]
+            [--delay <d>] [--report-order <k>] [--json]
+            """,
         discussion:
             "Each of --repeat rounds runs --duration with reporting off, then --duration with it on, on a pool prefaulted before each phase; ops/s is blocks allocated, written and freed per second over all threads."
     )
