@@ -9,7 +9,8 @@ struct WireProtocolTests {
         (0, "unspecified"), (1, "ok"), (2, "invalid_range"), (3, "not_aligned"), (4, "out_of_bounds"),
         (5, "overlap_in_batch"), (6, "tenant_paused"), (7, "rate_limited"), (8, "backend_failed"),
         (9, "shutting_down"), (10, "unsupported_version"), (11, "frame_too_large"), (12, "protocol_violation"),
-        (13, "order_out_of_bounds"), (14, "sequence_replayed"), (15, "too_many_ranges"),
+        (13, "order_out_of_bounds"), (14, "sequence_replayed"), (15, "too_many_ranges"), (16, "limit_exceeded"),
+        (17, "session_replaced"),
     ]
 
     @Test("reason code numbers and names match the published table")
