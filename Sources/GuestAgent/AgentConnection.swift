@@ -193,7 +193,9 @@ public final class AgentConnection: Sendable {
         if case .tls = configuration.transport { waitsForTLS = true } else { waitsForTLS = false }
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // IPPROTO_TCP level: `.socketOption(.tcp_nodelay)` is SOL_SOCKET option 1, SO_DEBUG,
+            // which needs CAP_NET_ADMIN; unprivileged (User=pagebroker) every accept then failed.
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let limit = FrameSizeLimit()

@@ -74,7 +74,14 @@ final class BrokerProcess: Sendable {
             burst: 2
         """
 
-    init(extraArguments: [String] = [], directory existing: String? = nil, configuration: String? = nil) throws {
+    /// `user`: run the broker as that user (through `runuser`, so the test must be root), as
+    /// the service's `User=pagebroker` does; its directory and TLS files are handed to it.
+    init(
+        extraArguments: [String] = [],
+        directory existing: String? = nil,
+        configuration: String? = nil,
+        user: String? = nil
+    ) throws {
         let directory =
             existing
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("pagebrokerd-e2e-\(UUID().uuidString)")
@@ -86,17 +93,36 @@ final class BrokerProcess: Sendable {
             encoding: .utf8
         )
         self.directory = directory
+        var key = TestPKI.path("server.key")
+        var executable = builtProduct("pagebrokerd")
+        if let user {
+            // The shared test PKI's key is root's: give the user a copy of its own. The binary
+            // too: the checkout's path need not be open to other users.
+            executable = "\(directory)/pagebrokerd"
+            try FileManager.default.copyItem(atPath: builtProduct("pagebrokerd"), toPath: executable)
+            key = "\(directory)/server.key"
+            try FileManager.default.copyItem(atPath: TestPKI.path("server.key"), toPath: key)
+            for path in [directory, key, "\(directory)/pagebrokerd.yaml"] {
+                try FileManager.default.setAttributes([.ownerAccountName: user], ofItemAtPath: path)
+            }
+        }
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: builtProduct("pagebrokerd"))
-        process.arguments =
+        let brokerArguments =
             [
                 "--config", "\(directory)/pagebrokerd.yaml", "--listen", "127.0.0.1:0",
-                "--tls-cert", TestPKI.path("server.pem"), "--tls-key", TestPKI.path("server.key"),
+                "--tls-cert", TestPKI.path("server.pem"), "--tls-key", key,
                 "--client-ca", TestPKI.path("ca.pem"), "--admin-socket", "\(directory)/admin.sock",
             ]
             // Each broker keeps its pause state to itself unless a test shares one on purpose.
             + (extraArguments.contains("--state-directory") ? [] : ["--state-directory", "\(directory)/state"])
             + extraArguments
+        if let user {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
+            process.arguments = ["-u", user, "--", executable] + brokerArguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = brokerArguments
+        }
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice

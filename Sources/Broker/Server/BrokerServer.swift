@@ -144,7 +144,9 @@ public final class BrokerServer: Sendable {
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // IPPROTO_TCP level: `.socketOption(.tcp_nodelay)` is SOL_SOCKET option 1, SO_DEBUG,
+            // which needs CAP_NET_ADMIN; unprivileged (User=pagebroker) every accept then failed.
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             // Each channel keeps its receive buffer between reads. NIO starts at 2 KiB; guest
             // traffic after the handshake is a few hundred bytes per read, and ten thousand idle
             // sessions would each hold the difference. The allocator still grows for bulk syncs.
