@@ -51,6 +51,48 @@ final class BrokerProcess: Sendable {
     final class Output: Sendable {
         let text = Mutex("")
         let port = Mutex<Int?>(nil)
+        /// Tests waiting for a line: resumed when it arrives or when the pipe closes.
+        let waiters = Mutex<[(needle: String, continuation: CheckedContinuation<Bool, Never>)]>([])
+        let closed = Mutex(false)
+
+        /// Appends what the broker wrote and resumes every waiter whose text is now there.
+        func append(_ more: String) {
+            let text = self.text.withLock {
+                $0 += more
+                return $0
+            }
+            let ready = self.waiters.withLock { waiters in
+                let ready = waiters.filter { text.contains($0.needle) }
+                waiters.removeAll { text.contains($0.needle) }
+                return ready
+            }
+            for waiter in ready { waiter.continuation.resume(returning: true) }
+        }
+
+        /// The pipe reached end of file: nothing more will come, so every waiter is answered.
+        func close() {
+            self.closed.withLock { $0 = true }
+            let text = self.text.withLock { $0 }
+            let all = self.waiters.withLock { waiters in
+                defer { waiters.removeAll() }
+                return waiters
+            }
+            for waiter in all { waiter.continuation.resume(returning: text.contains(waiter.needle)) }
+        }
+
+        /// Waits until `needle` is in the log or the broker's standard error closes.
+        func wait(for needle: String) async -> Bool {
+            await withCheckedContinuation { continuation in
+                let resumeNow: Bool? = self.waiters.withLock { waiters in
+                    let text = self.text.withLock { $0 }
+                    if text.contains(needle) { return true }
+                    if self.closed.withLock({ $0 }) { return false }
+                    waiters.append((needle, continuation))
+                    return nil
+                }
+                if let resumeNow { continuation.resume(returning: resumeNow) }
+            }
+        }
     }
 
     var adminSocket: String { "\(self.directory)/admin.sock" }
@@ -132,11 +174,11 @@ final class BrokerProcess: Sendable {
             let data = handle.availableData
             guard !data.isEmpty else {
                 handle.readabilityHandler = nil
+                output.close()
                 ready.signal()
                 return
             }
-            let text = String(decoding: data, as: UTF8.self)
-            output.text.withLock { $0 += text }
+            output.append(String(decoding: data, as: UTF8.self))
             // "listening for guests" log line: address=[IPv4]127.0.0.1/127.0.0.1:PORT
             if output.port.withLock({ $0 }) == nil,
                 let line = output.text.withLock({ $0 }).split(separator: "\n").first(where: {
@@ -165,6 +207,10 @@ final class BrokerProcess: Sendable {
     }
 
     var logText: String { self.output.text.withLock { $0 } }
+
+    /// Waits until the broker has logged `text` (the log is read from a pipe, so a line can
+    /// arrive after the event it reports), or until its standard error closes without it.
+    func waitForLog(_ text: String) async -> Bool { await self.output.wait(for: text) }
 
     /// SIGKILL: the broker dies without a word.
     func kill() {

@@ -174,7 +174,7 @@ import Testing
         process.terminate()
         process.waitUntilExit()
         #expect(received.isEmpty)
-        #expect(self.broker.logText.contains("peer_certificate_missing"))
+        #expect(await self.broker.waitForLog("peer_certificate_missing"), "\(self.broker.logText)")
     }
 
     @Test(arguments: [

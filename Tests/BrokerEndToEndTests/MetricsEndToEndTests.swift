@@ -74,8 +74,8 @@ import Testing
         let url = try #require(status.listening.first { $0.hasPrefix("http://") }, "\(status.listening)")
         let match = try #require(url.wholeMatch(of: /http:\/\/127\.0\.0\.1:(\d+)\/metrics/), "\(url)")
         let port = try #require(Int(match.1))
-        #expect(broker.logText.contains("metrics listening"))
-        #expect(broker.logText.contains("127.0.0.1:\(port)"))
+        #expect(await broker.waitForLog("metrics listening"))
+        #expect(await broker.waitForLog("127.0.0.1:\(port)"))
 
         // A guest of a tenant the broker does not know is refused in the handshake; a known one
         // sends a report that is not aligned.

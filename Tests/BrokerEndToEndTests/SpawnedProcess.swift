@@ -59,13 +59,11 @@ final class SpawnedProcess: Sendable {
                 let count = read(reader, &buffer, buffer.count)
                 if count < 0 && errno == EINTR { continue }
                 guard count > 0 else { break }
-                let text = output.text.withLock {
-                    $0 += String(decoding: buffer[0..<count], as: UTF8.self)
-                    return $0
-                }
-                onOutput(text)
+                output.append(String(decoding: buffer[0..<count], as: UTF8.self))
+                onOutput(output.text.withLock { $0 })
             }
             close(reader)
+            output.close()
             drained.signal()
         }.start()
     }

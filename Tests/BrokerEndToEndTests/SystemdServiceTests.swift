@@ -32,6 +32,8 @@ import Testing
         let port: Int
         let notify: NotifyListener
         var logText: String { self.process.text }
+        /// Waits until the broker has logged `text` or its output has closed without it.
+        func waitForLog(_ text: String) async -> Bool { await self.process.output.wait(for: text) }
         var adminSocket: String { "\(self.directory)/admin.sock" }
         var configPath: String { "\(self.directory)/pagebrokerd.yaml" }
 
@@ -183,7 +185,7 @@ import Testing
             broker.notify.wait(after: refusedReady.index) { $0["STATUS"]?.contains("REFUSED") == true }
         )
         #expect(refused.message["STATUS"]?.contains("missing.pem") == true, "the reason names the file")
-        #expect(broker.logText.contains("reload refused"))
+        #expect(await broker.waitForLog("reload refused"))
         let tenants = try JSONDecoder().decode([Tenant].self, from: try broker.ctl(["tenants"]).output)
         #expect(tenants.map(\.tenant) == ["t1", "t2", "t3"], "the previous policy is still in force")
         #expect(try await guest.report(seq: 3, [(2048, 9)])?.reason == .ok)
