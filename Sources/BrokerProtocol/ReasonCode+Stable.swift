@@ -28,6 +28,8 @@ extension Pagebroker_V1_ReasonCode {
         case .tooManyRanges: "too_many_ranges"
         case .limitExceeded: "limit_exceeded"
         case .sessionReplaced: "session_replaced"
+        case .discardInhibited: "discard_inhibited"
+        case .guestPaused: "guest_paused"
         case .UNRECOGNIZED(let number): "unrecognized_\(number)"
         }
     }

@@ -10,7 +10,7 @@ struct WireProtocolTests {
         (5, "overlap_in_batch"), (6, "tenant_paused"), (7, "rate_limited"), (8, "backend_failed"),
         (9, "shutting_down"), (10, "unsupported_version"), (11, "frame_too_large"), (12, "protocol_violation"),
         (13, "order_out_of_bounds"), (14, "sequence_replayed"), (15, "too_many_ranges"), (16, "limit_exceeded"),
-        (17, "session_replaced"),
+        (17, "session_replaced"), (18, "discard_inhibited"), (19, "guest_paused"),
     ]
 
     @Test("reason code numbers and names match the published table")

@@ -88,6 +88,13 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
 
   /// In Goodbye: a newer session of the same guest identity took over this one.
   case sessionReplaced // = 17
+
+  /// Discard is inhibited for this guest (its memory is pinned for a device, or a
+  /// snapshot is in progress): nothing was freed or accounted; retry after retry_after_ms.
+  case discardInhibited // = 18
+
+  /// This guest (not its whole tenant) is paused by an operator; retry after retry_after_ms.
+  case guestPaused // = 19
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -114,6 +121,8 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
     case 15: self = .tooManyRanges
     case 16: self = .limitExceeded
     case 17: self = .sessionReplaced
+    case 18: self = .discardInhibited
+    case 19: self = .guestPaused
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -138,6 +147,8 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
     case .tooManyRanges: return 15
     case .limitExceeded: return 16
     case .sessionReplaced: return 17
+    case .discardInhibited: return 18
+    case .guestPaused: return 19
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -162,6 +173,8 @@ public nonisolated enum Pagebroker_V1_ReasonCode: SwiftProtobuf.Enum, Swift.Case
     .tooManyRanges,
     .limitExceeded,
     .sessionReplaced,
+    .discardInhibited,
+    .guestPaused,
   ]
 
 }
@@ -377,6 +390,13 @@ public nonisolated struct Pagebroker_V1_ServerHello: Sendable {
   /// Largest page_size * total_pages, in bytes.
   public var maxPoolBytes: UInt64 = 0
 
+  /// True when the broker guarantees that no report of an earlier session of this
+  /// guest identity will be discarded after this ServerHello: every such report was
+  /// either discarded and answered, or abandoned. A guest that quarantined the frames of
+  /// unanswered reports (docs/protocol.md, "Never losing a guest's data") may hand them
+  /// out again once it has this. False (or absent, from an older broker) guarantees nothing.
+  public var priorReportsSettled: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -519,7 +539,7 @@ public nonisolated struct Pagebroker_V1_Error: Sendable {
 fileprivate nonisolated let _protobuf_package = "pagebroker.v1"
 
 nonisolated extension Pagebroker_V1_ReasonCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REASON_CODE_UNSPECIFIED\0\u{1}REASON_CODE_OK\0\u{1}REASON_CODE_INVALID_RANGE\0\u{1}REASON_CODE_NOT_ALIGNED\0\u{1}REASON_CODE_OUT_OF_BOUNDS\0\u{1}REASON_CODE_OVERLAP_IN_BATCH\0\u{1}REASON_CODE_TENANT_PAUSED\0\u{1}REASON_CODE_RATE_LIMITED\0\u{1}REASON_CODE_BACKEND_FAILED\0\u{1}REASON_CODE_SHUTTING_DOWN\0\u{1}REASON_CODE_UNSUPPORTED_VERSION\0\u{1}REASON_CODE_FRAME_TOO_LARGE\0\u{1}REASON_CODE_PROTOCOL_VIOLATION\0\u{1}REASON_CODE_ORDER_OUT_OF_BOUNDS\0\u{1}REASON_CODE_SEQUENCE_REPLAYED\0\u{1}REASON_CODE_TOO_MANY_RANGES\0\u{1}REASON_CODE_LIMIT_EXCEEDED\0\u{1}REASON_CODE_SESSION_REPLACED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REASON_CODE_UNSPECIFIED\0\u{1}REASON_CODE_OK\0\u{1}REASON_CODE_INVALID_RANGE\0\u{1}REASON_CODE_NOT_ALIGNED\0\u{1}REASON_CODE_OUT_OF_BOUNDS\0\u{1}REASON_CODE_OVERLAP_IN_BATCH\0\u{1}REASON_CODE_TENANT_PAUSED\0\u{1}REASON_CODE_RATE_LIMITED\0\u{1}REASON_CODE_BACKEND_FAILED\0\u{1}REASON_CODE_SHUTTING_DOWN\0\u{1}REASON_CODE_UNSUPPORTED_VERSION\0\u{1}REASON_CODE_FRAME_TOO_LARGE\0\u{1}REASON_CODE_PROTOCOL_VIOLATION\0\u{1}REASON_CODE_ORDER_OUT_OF_BOUNDS\0\u{1}REASON_CODE_SEQUENCE_REPLAYED\0\u{1}REASON_CODE_TOO_MANY_RANGES\0\u{1}REASON_CODE_LIMIT_EXCEEDED\0\u{1}REASON_CODE_SESSION_REPLACED\0\u{1}REASON_CODE_DISCARD_INHIBITED\0\u{1}REASON_CODE_GUEST_PAUSED\0")
 }
 
 nonisolated extension Pagebroker_V1_Frame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -787,7 +807,7 @@ nonisolated extension Pagebroker_V1_ClientHello: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ServerHello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}broker_version\0\u{3}session_id\0\u{3}max_frame_size\0\u{3}max_ranges_per_report\0\u{3}min_report_order\0\u{3}heartbeat_interval_ms\0\u{3}tenant_id\0\u{3}guest_id\0\u{3}max_page_size\0\u{3}max_total_pages\0\u{3}max_pool_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}broker_version\0\u{3}session_id\0\u{3}max_frame_size\0\u{3}max_ranges_per_report\0\u{3}min_report_order\0\u{3}heartbeat_interval_ms\0\u{3}tenant_id\0\u{3}guest_id\0\u{3}max_page_size\0\u{3}max_total_pages\0\u{3}max_pool_bytes\0\u{3}prior_reports_settled\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -807,6 +827,7 @@ nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftPro
       case 10: try { try decoder.decodeSingularUInt32Field(value: &self.maxPageSize) }()
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.maxTotalPages) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.maxPoolBytes) }()
+      case 13: try { try decoder.decodeSingularBoolField(value: &self.priorReportsSettled) }()
       default: break
       }
     }
@@ -849,6 +870,9 @@ nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftPro
     if self.maxPoolBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.maxPoolBytes, fieldNumber: 12)
     }
+    if self.priorReportsSettled != false {
+      try visitor.visitSingularBoolField(value: self.priorReportsSettled, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -865,6 +889,7 @@ nonisolated extension Pagebroker_V1_ServerHello: SwiftProtobuf.Message, SwiftPro
     if lhs.maxPageSize != rhs.maxPageSize {return false}
     if lhs.maxTotalPages != rhs.maxTotalPages {return false}
     if lhs.maxPoolBytes != rhs.maxPoolBytes {return false}
+    if lhs.priorReportsSettled != rhs.priorReportsSettled {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
