@@ -11,7 +11,8 @@ import Synchronization
 /// page faults (will-it-scale `page_fault1` with THP: -0.81%, `page_fault2`: -1.70%, 16 tasks),
 /// over real memory: N threads each allocate a zeroed block of order K, write every page, free
 /// it, over and over, with reporting on (an in-process device that discards at once, so freed
-/// memory really goes back to the kernel and faults in again) and off, interleaved.
+/// memory really goes back to the kernel and faults in again) and off, alternated
+/// (``PageFaultPlan``), each phase from the same starting state (``PageFaultPhase``).
 struct PageFaultBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "page-fault",
@@ -21,10 +22,10 @@ struct PageFaultBench: ParsableCommand {
         usage: """
             pagebroker-agent bench page-fault [--threads <n>] [--order <k>]
             [--duration <d>] [--repeat <r>] [--memory <size>] [--backing <backing>]
-            [--delay <d>] [--report-order <k>] [--json]
+            [--delay <d>] [--report-order <k>] [--no-warm-up] [--time-flush] [--json]
             """,
         discussion:
-            "Each of --repeat rounds runs --duration with reporting off, then --duration with it on, on a pool prefaulted before each phase; ops/s is blocks allocated, written and freed per second over all threads."
+            "After a warm-up phase that is not counted, each of --repeat rounds runs --duration with reporting off and --duration with it on, off first in odd rounds and on first in even ones. Every phase starts from a fresh allocator over a prefaulted pool; with reporting on, the free memory is reported and discarded before the clock starts (the kernel's flush after boot), unless --time-flush. ops/s is blocks allocated, written and freed per second over all threads; the ratio is the median of the rounds' on/off."
     )
 
     @Option(help: "Threads allocating at once.")
@@ -36,7 +37,7 @@ struct PageFaultBench: ParsableCommand {
     @Option(help: "Length of each phase, e.g. 5s.", transform: parseTimeSpan)
     var duration: Duration = .seconds(5)
 
-    @Option(help: "Rounds of off then on.")
+    @Option(help: "Rounds of one phase off and one on.")
     var `repeat`: Int = 3
 
     @Option(
@@ -53,6 +54,12 @@ struct PageFaultBench: ParsableCommand {
 
     @Option(name: .customLong("report-order"), help: "Lowest order reported (default: the pageblock order, 9).")
     var reportOrder: Int?
+
+    @Flag(name: .customLong("warm-up"), inversion: .prefixedNo, help: "Run an uncounted phase first.")
+    var warmUp = true
+
+    @Flag(name: .customLong("time-flush"), help: "Start the clock before the initial flush, not after it.")
+    var timeFlush = false
 
     @Flag(help: "Print one JSON object at the end.")
     var json = false
@@ -77,112 +84,71 @@ struct PageFaultBench: ParsableCommand {
                 pageSize: pageSize
             )
         else { throw ExitCode.failure }
-        let allocator = try BuddyAllocator(configuration)
-        let reportOrder = self.reportOrder ?? (self.backing == .hugetlb ? 0 : configuration.pageblockOrder)
-        let device = GuestDiscardingDevice(
-            wrapping: AcceptingDevice(),
+        let runner = PageFaultPhase(
             memory: memory,
-            repopulateOnFailure: false,
-            takeBack: { _ in }
+            configuration: configuration,
+            threads: self.threads,
+            order: self.order,
+            duration: self.duration,
+            delay: self.delay,
+            reportOrder: self.reportOrder ?? (self.backing == .hugetlb ? 0 : configuration.pageblockOrder),
+            timeFlush: self.timeFlush
         )
-        let zeroing = ZeroedAllocator(allocator: allocator, memory: memory, discardedReadsZero: true)
 
-        var on: [Double] = []
-        var off: [Double] = []
+        let loadBefore = LoadAverage.read()
         var stderr = FileHandleStream.standardError
-        for round in 1...self.repeat {
-            for reporting in [false, true] {
-                // Both phases start from a fully resident pool, as a guest that has used its memory.
-                try memory.prefault()
-                let engine =
-                    reporting
-                    ? try PageReportingEngine.register(
-                        device: device,
-                        allocator: allocator,
-                        scheduler: DispatchReportingScheduler(label: "pagebroker.bench.reporting"),
-                        configuration: PageReportingConfiguration(delay: self.delay, orderOverride: reportOrder)
-                    ) : nil
-                let rate = self.phase(zeroing: zeroing)
-                engine?.unregister()
-                if reporting { on.append(rate) } else { off.append(rate) }
-                stderr.write(
-                    "round \(round) reporting \(reporting ? "on " : "off"): \(String(format: "%.0f", rate)) ops/s\n"
-                )
-            }
+        var phases: [PageFaultPhaseFigures] = []
+        for phase in PageFaultPlan(rounds: self.repeat, warmUp: self.warmUp).phases {
+            let figures = try runner.run(phase)
+            stderr.write(figures.line + "\n")
+            phases.append(figures)
         }
-        try allocator.validate()
-        let meanOn = on.reduce(0, +) / Double(on.count)
-        let meanOff = off.reduce(0, +) / Double(off.count)
-        let ratio = meanOff > 0 ? meanOn / meanOff : 0
-        let discarded = device.statistics.discardedBytes
+        let loadAfter = LoadAverage.read()
+        let counted = phases.filter { $0.round > 0 }.sorted { $0.round < $1.round }
+        let rounds = PageFaultRounds(
+            off: counted.filter { !$0.reporting }.map(\.opsPerSecond),
+            on: counted.filter(\.reporting).map(\.opsPerSecond)
+        )
         let result = PageFaultResult(
-            opsPerSecondOn: meanOn,
-            opsPerSecondOff: meanOff,
-            ratio: ratio,
-            discardedBytes: discarded,
-            zeroingSkippedBytes: zeroing.skippedBytes,
-            roundsOn: on,
-            roundsOff: off,
+            opsPerSecondOn: rounds.medianOn,
+            opsPerSecondOff: rounds.medianOff,
+            ratio: rounds.medianRatio,
+            roundRatios: rounds.ratios,
+            discardedBytes: phases.reduce(0) { $0 + $1.flushDiscardedBytes + $1.discardedBytes },
+            zeroingSkippedBytes: counted.reduce(0) { $0 + $1.zeroingSkippedBytes },
+            roundsOn: rounds.on,
+            roundsOff: rounds.off,
+            phases: phases,
             threads: self.threads,
             order: self.order,
             pageSize: pageSize,
             poolBytes: memory.length,
             backing: self.backing.rawValue,
-            secondsPerPhase: Units.seconds(self.duration)
+            secondsPerPhase: Units.seconds(self.duration),
+            warmUp: self.warmUp,
+            timeFlush: self.timeFlush,
+            loadAverageBefore: loadBefore,
+            loadAverageAfter: loadAfter
         )
         stderr.write(
-            "page-fault: order \(self.order), \(self.threads) threads, \(self.backing.rawValue): "
-                + "on \(String(format: "%.0f", meanOn)) ops/s, off \(String(format: "%.0f", meanOff)) ops/s, "
-                + "ratio \(String(format: "%.4f", ratio)), discarded \(Units.formatBytes(discarded))\n"
+            "page-fault: order \(self.order), \(self.threads) threads, \(self.backing.rawValue), medians of \(self.repeat) rounds: "
+                + "on \(String(format: "%.0f", result.opsPerSecondOn)) ops/s, off \(String(format: "%.0f", result.opsPerSecondOff)) ops/s, "
+                + "ratio \(String(format: "%.4f", result.ratio)) (rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
+                + "discarded \(Units.formatBytes(result.discardedBytes)), load average \(loadBefore.map { Units.fixed($0, 2) } ?? "?") -> \(loadAfter.map { Units.fixed($0, 2) } ?? "?")\n"
         )
         if self.json {
             var stdout = FileHandleStream.standardOutput
             stdout.write(result.json() + "\n")
         }
     }
-
-    /// Runs the threads for one phase; returns blocks per second over all of them.
-    private func phase(zeroing: ZeroedAllocator) -> Double {
-        let stop = Atomic<Bool>(false)
-        let operations = Atomic<Int>(0)
-        let done = DispatchGroup()
-        let start = DispatchSemaphore(value: 0)
-        let order = self.order
-        for _ in 0..<self.threads {
-            done.enter()
-            let thread = Thread {
-                var scratch = zeroing.makeScratch()
-                var count = 0
-                let memory = zeroing.memory
-                let pages = 1 << order
-                start.wait()
-                while !stop.load(ordering: .relaxed) {
-                    guard let frame = try? zeroing.allocate(order: order, scratch: &scratch) else { continue }
-                    // Write every page, as page_fault1 writes a byte of each.
-                    for page in frame..<(frame + pages) {
-                        memory.address(ofFrame: page).storeBytes(of: UInt64(page), as: UInt64.self)
-                    }
-                    try? zeroing.allocator.free(frame: frame, order: order)
-                    count += 1
-                }
-                operations.add(count, ordering: .relaxed)
-                done.leave()
-            }
-            thread.start()
-        }
-        let began = ContinuousClock.now
-        for _ in 0..<self.threads { start.signal() }
-        Thread.sleep(forTimeInterval: Units.seconds(self.duration))
-        stop.store(true, ordering: .relaxed)
-        done.wait()
-        let elapsed = Units.seconds(ContinuousClock.now - began)
-        return Double(operations.load(ordering: .relaxed)) / elapsed
-    }
 }
 
-/// A host that accepts every report at once; the wrapping ``GuestDiscardingDevice`` discards.
-private final class AcceptingDevice: PageReportingDevice {
-    func report(_ batch: ReportBatch) throws {}
+/// The one-minute load average (`/proc/loadavg`), to say how busy the machine was.
+enum LoadAverage {
+    static func read() -> Double? {
+        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return nil }
+        return text.split(separator: " ").first.flatMap { Double($0) }
+    }
 }
 
 /// What `bench page-fault --json` prints.
@@ -190,30 +156,40 @@ struct PageFaultResult: Encodable {
     var opsPerSecondOn: Double
     var opsPerSecondOff: Double
     var ratio: Double
+    var roundRatios: [Double]
     var discardedBytes: Int
     var zeroingSkippedBytes: Int
     var roundsOn: [Double]
     var roundsOff: [Double]
+    var phases: [PageFaultPhaseFigures]
     var threads: Int
     var order: Int
     var pageSize: Int
     var poolBytes: Int
     var backing: String
     var secondsPerPhase: Double
+    var warmUp: Bool
+    var timeFlush: Bool
+    var loadAverageBefore: Double?
+    var loadAverageAfter: Double?
 
     enum CodingKeys: String, CodingKey {
         case opsPerSecondOn = "ops_per_second_on"
         case opsPerSecondOff = "ops_per_second_off"
         case ratio
+        case roundRatios = "round_ratios"
         case discardedBytes = "discarded_bytes"
         case zeroingSkippedBytes = "zeroing_skipped_bytes"
         case roundsOn = "rounds_on"
         case roundsOff = "rounds_off"
-        case threads, order
+        case phases, threads, order, backing
         case pageSize = "page_size"
         case poolBytes = "pool_bytes"
-        case backing
         case secondsPerPhase = "seconds_per_phase"
+        case warmUp = "warm_up"
+        case timeFlush = "time_flush"
+        case loadAverageBefore = "load_average_before"
+        case loadAverageAfter = "load_average_after"
     }
 
     func json() -> String {

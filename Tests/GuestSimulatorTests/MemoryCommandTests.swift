@@ -23,6 +23,43 @@ import Testing
         #expect(object["backing"] as? String == "memfd")
     }
 
+    /// The phases run in the plan's order (warm-up, then off-on, on-off) and start alike: each
+    /// from a fully resident pool by the kernel's figure (st_blocks), none with marks left by an
+    /// earlier phase (an off phase never skips zeroing), and with reporting on the flush has
+    /// discarded the free memory before the clock starts, to the byte.
+    @Test func benchPageFaultPhasesAlternateAndStartFromTheSameState() throws {
+        let output = try self.runner.agent([
+            "bench", "page-fault", "--threads", "2", "--order", "4", "--duration", "200ms", "--repeat", "2",
+            "--memory", "16MiB", "--delay", "50ms", "--report-order", "4", "--json",
+        ])
+        #expect(output.status == 0, "\(output.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [String: Any])
+        let pool = try #require(object["pool_bytes"] as? Int)
+        let phases = try #require(object["phases"] as? [[String: Any]])
+        #expect(phases.map { $0["round"] as? Int } == [0, 1, 1, 2, 2])
+        #expect(phases.map { $0["reporting"] as? Bool } == [false, false, true, true, false])
+        for phase in phases {
+            let reporting = try #require(phase["reporting"] as? Bool)
+            let flushed = try #require(phase["flush_discarded_bytes"] as? Int)
+            #expect(phase["prefaulted_bytes"] as? Int == pool, "\(phase)")
+            if reporting {
+                #expect(flushed > 0, "\(phase)")
+                #expect(phase["resident_bytes_at_start"] as? Int == pool - flushed, "\(phase)")
+            } else {
+                #expect(flushed == 0, "\(phase)")
+                #expect(phase["resident_bytes_at_start"] as? Int == pool, "\(phase)")
+                #expect(phase["zeroing_skipped_bytes"] as? Int == 0, "\(phase)")
+            }
+        }
+        // The ratio is the median of the rounds' own on / off.
+        let on = try #require(object["rounds_on"] as? [Double])
+        let off = try #require(object["rounds_off"] as? [Double])
+        let ratios = try #require(object["round_ratios"] as? [Double])
+        #expect(ratios.count == 2)
+        for (index, ratio) in ratios.enumerated() { #expect(abs(ratio - on[index] / off[index]) < 1e-9) }
+        #expect(abs((object["ratio"] as? Double ?? 0) - (ratios[0] + ratios[1]) / 2) < 1e-9)
+    }
+
     func runFlags(_ extra: [String]) throws -> SimulateCommandTests.Output {
         try self.runner.agent(
             [
