@@ -22,6 +22,15 @@ public final class BuddyAllocator: Sendable {
     @usableFromInline let frameCount: Int
     @usableFromInline let notifyOrder = Atomic<Int>(.max)
     let notifier = PThreadLocked<(any FreeBlockNotifier)?>(nil)
+    /// The attached reporting engine's state word (the kernel's `prdev->state`), kept here so
+    /// that a free can see a pass is already requested and skip the notifier's lock, as
+    /// `__page_reporting_request` returns at once on `PAGE_REPORTING_REQUESTED`: with reporting
+    /// on, nearly every free that reaches the reporting order finds it requested, and the lock
+    /// and the retain of the engine, shared by every allocating thread, were the cost of
+    /// reporting on small blocks. The engine owns the values; reset to idle on attach.
+    @usableFromInline package let reportingState = Atomic<Int>(0)
+    /// ``reportingState`` when a pass is already requested: a free has nothing to add.
+    @usableFromInline package static let reportingRequested = 1
     private let pageblocks: PageblockTable
 
     /// Bytes of allocator metadata per page frame (the kernel spends 64 on `struct page`).
@@ -139,15 +148,19 @@ public final class BuddyAllocator: Sendable {
             }
             return zone.freeLocked(frame, order: order)
         }
-        if merged >= self.notifyOrder.load(ordering: .relaxed) {
+        if merged >= self.notifyOrder.load(ordering: .relaxed),
+            self.reportingState.load(ordering: .relaxed) != Self.reportingRequested
+        {
             self.notifyFree(order: merged)
         }
     }
 
     @usableFromInline
     func notifyFree(order: Int) {
-        let notifier = self.notifier.withLock { $0 }
-        notifier?.blockFreed(order: order)
+        // Called under the lock, so that once detachFreeNotifier returns no notification of the
+        // detached engine is still running (synchronize_rcu in page_reporting_unregister): it
+        // could otherwise move the state word of the next engine.
+        self.notifier.withLock { $0?.blockFreed(order: order) }
     }
 
     /// The zone whose frames include `frame`.
@@ -185,12 +198,13 @@ public final class BuddyAllocator: Sendable {
                 throw BuddyError(.busy, detail: "a free page reporting device is already registered")
             }
             current = notifier
+            self.reportingState.store(0, ordering: .releasing)
             self.notifyOrder.store(order, ordering: .relaxed)
         }
     }
 
-    /// Detaches `notifier` if it is the attached one. After this returns no new notification
-    /// starts; one already running may still finish.
+    /// Detaches `notifier` if it is the attached one. After this returns no notification of it
+    /// is running or starts.
     public func detachFreeNotifier(_ notifier: any FreeBlockNotifier) {
         self.notifier.withLock { current in
             guard let attached = current, attached === notifier else { return }

@@ -12,7 +12,9 @@ public protocol ReuseObserver: AnyObject, Sendable {
 }
 
 /// Told when a free leaves a block at or above the order it registered for
-/// (`page_reporting_notify_free`). Called without any zone lock held.
+/// (`page_reporting_notify_free`), unless the allocator's `reportingState` says a pass is
+/// already requested. Called without any zone lock held, with the allocator's notifier lock
+/// held: never attach or detach a notifier from it.
 public protocol FreeBlockNotifier: AnyObject, Sendable {
     /// A free produced a free block of `order` (after merging).
     func blockFreed(order: Int)

@@ -30,6 +30,9 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
         }
     }
 
+    // The state word (IDLE, REQUESTED, ACTIVE) is the allocator's `reportingState`, where a
+    // free reads it before taking any lock; one engine is attached at a time, and attaching
+    // resets it to IDLE.
     public let allocator: BuddyAllocator
     public let device: any PageReportingDevice
     public let scheduler: any ReportingScheduler
@@ -37,7 +40,6 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
     /// The order reported from: the override, else the device's order, else the pageblock order.
     public let reportingOrder: Int
 
-    let state = Atomic<Int>(State.idle.rawValue)
     let batch: BatchBuffer
     // pthread-backed, not Synchronization.Mutex: allocating threads contend on it, and
     // ThreadSanitizer must be able to see the hand-over (see PThreadLock).
@@ -119,7 +121,7 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
     public var isRegistered: Bool { self.control.withLock { $0.registered } }
 
     /// The engine's current state.
-    public var currentState: State { State(rawValue: self.state.load(ordering: .acquiring))! }
+    public var currentState: State { State(rawValue: self.allocator.reportingState.load(ordering: .acquiring))! }
 
     /// Counters since registration.
     public var statistics: PageReportingStatistics { self.counters.withLock { $0 } }
@@ -133,8 +135,11 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
     /// `__page_reporting_request`: moves to REQUESTED and, coming from IDLE, schedules a pass
     /// after the delay so a sizable queue can build.
     public func request() {
-        if self.state.load(ordering: .relaxed) == State.requested.rawValue { return }
-        let previous = self.state.exchange(State.requested.rawValue, ordering: .acquiringAndReleasing)
+        if self.allocator.reportingState.load(ordering: .relaxed) == State.requested.rawValue { return }
+        let previous = self.allocator.reportingState.exchange(
+            State.requested.rawValue,
+            ordering: .acquiringAndReleasing
+        )
         // Already requested or active: the running pass will see the request and re-arm.
         guard previous == State.idle.rawValue else { return }
         self.schedulePass(after: self.configuration.delay)
@@ -163,7 +168,7 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
     func process() {
         // Anyone requesting reporting during the pass moves the state back to REQUESTED, and the
         // pass re-arms itself at the end.
-        self.state.store(State.active.rawValue, ordering: .releasing)
+        self.allocator.reportingState.store(State.active.rawValue, ordering: .releasing)
         self.counters.withLock { $0.passes += 1 }
         var failure: (any Error)?
         for zone in self.allocator.zones {
@@ -176,7 +181,7 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
     private func finishPass(failure: (any Error)?) {
         let hint = (failure as? any ReportRetryHint)?.retryAfter
         let delay = max(self.configuration.delay, hint ?? .zero)
-        let (exchanged, _) = self.state.compareExchange(
+        let (exchanged, _) = self.allocator.reportingState.compareExchange(
             expected: State.active.rawValue,
             desired: State.idle.rawValue,
             ordering: .acquiringAndReleasing
@@ -185,7 +190,7 @@ public final class PageReportingEngine: FreeBlockNotifier, Sendable {
             // Requested while we were active: more may be waiting, defer so more can accumulate.
             self.schedulePass(after: delay)
         } else if hint != nil,
-            self.state.compareExchange(
+            self.allocator.reportingState.compareExchange(
                 expected: State.idle.rawValue,
                 desired: State.requested.rawValue,
                 ordering: .acquiringAndReleasing

@@ -67,7 +67,7 @@ extension PageReportingEngine {
                     }
                     if budgeted && budget < 0 {
                         // Budget spent: ask for another pass and leave this list.
-                        self.state.store(State.requested.rawValue, ordering: .releasing)
+                        self.allocator.reportingState.store(State.requested.rawValue, ordering: .releasing)
                         stoppedAt = frame
                         break
                     }
