@@ -109,11 +109,19 @@ struct PageFaultBench: ParsableCommand {
             off: counted.filter { !$0.reporting }.map(\.opsPerSecond),
             on: counted.filter(\.reporting).map(\.opsPerSecond)
         )
+        let perCPU = PageFaultRounds(
+            off: counted.filter { !$0.reporting }.map(\.opsPerCPUSecond),
+            on: counted.filter(\.reporting).map(\.opsPerCPUSecond)
+        )
         let result = PageFaultResult(
             opsPerSecondOn: rounds.medianOn,
             opsPerSecondOff: rounds.medianOff,
             ratio: rounds.medianRatio,
             roundRatios: rounds.ratios,
+            opsPerCPUSecondOn: perCPU.medianOn,
+            opsPerCPUSecondOff: perCPU.medianOff,
+            cpuRatio: perCPU.medianRatio,
+            roundCPURatios: perCPU.ratios,
             discardedBytes: phases.reduce(0) { $0 + $1.flushDiscardedBytes + $1.discardedBytes },
             zeroingSkippedBytes: counted.reduce(0) { $0 + $1.zeroingSkippedBytes },
             roundsOn: rounds.on,
@@ -134,6 +142,7 @@ struct PageFaultBench: ParsableCommand {
             "page-fault: order \(self.order), \(self.threads) threads, \(self.backing.rawValue), medians of \(self.repeat) rounds: "
                 + "on \(String(format: "%.0f", result.opsPerSecondOn)) ops/s, off \(String(format: "%.0f", result.opsPerSecondOff)) ops/s, "
                 + "ratio \(String(format: "%.4f", result.ratio)) (rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
+                + "per CPU second \(String(format: "%.4f", result.cpuRatio)) (rounds: \(perCPU.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
                 + "discarded \(Units.formatBytes(result.discardedBytes)), load average \(loadBefore.map { Units.fixed($0, 2) } ?? "?") -> \(loadAfter.map { Units.fixed($0, 2) } ?? "?")\n"
         )
         if self.json {
@@ -157,6 +166,11 @@ struct PageFaultResult: Encodable {
     var opsPerSecondOff: Double
     var ratio: Double
     var roundRatios: [Double]
+    /// The same per second of CPU time (``PageFaultPhaseFigures/opsPerCPUSecond``).
+    var opsPerCPUSecondOn: Double
+    var opsPerCPUSecondOff: Double
+    var cpuRatio: Double
+    var roundCPURatios: [Double]
     var discardedBytes: Int
     var zeroingSkippedBytes: Int
     var roundsOn: [Double]
@@ -178,6 +192,10 @@ struct PageFaultResult: Encodable {
         case opsPerSecondOff = "ops_per_second_off"
         case ratio
         case roundRatios = "round_ratios"
+        case opsPerCPUSecondOn = "ops_per_cpu_second_on"
+        case opsPerCPUSecondOff = "ops_per_cpu_second_off"
+        case cpuRatio = "cpu_ratio"
+        case roundCPURatios = "round_cpu_ratios"
         case discardedBytes = "discarded_bytes"
         case zeroingSkippedBytes = "zeroing_skipped_bytes"
         case roundsOn = "rounds_on"

@@ -80,6 +80,8 @@ struct PageFaultPhase {
             round: phase.round,
             reporting: phase.reporting,
             opsPerSecond: Double(operations) / seconds,
+            opsPerCPUSecond: after.cpuSeconds > before.cpuSeconds
+                ? Double(operations) / (after.cpuSeconds - before.cpuSeconds) : 0,
             operations: operations,
             seconds: seconds,
             minorFaults: after.minorFaults - before.minorFaults,
@@ -141,6 +143,9 @@ struct PageFaultPhaseFigures: Encodable {
     var round: Int
     var reporting: Bool
     var opsPerSecond: Double
+    /// Operations per second of the process's CPU time: what the work costs, whatever share of
+    /// the cores the machine's other load left the bench.
+    var opsPerCPUSecond: Double
     var operations: Int
     var seconds: Double
     /// The process's minor faults during the timed part (`getrusage`): a block whose memory was
@@ -168,6 +173,7 @@ struct PageFaultPhaseFigures: Encodable {
     enum CodingKeys: String, CodingKey {
         case round, reporting, operations, seconds, passes
         case opsPerSecond = "ops_per_second"
+        case opsPerCPUSecond = "ops_per_cpu_second"
         case minorFaults = "minor_faults"
         case cpuSeconds = "cpu_seconds"
         case reportingCPUSeconds = "reporting_cpu_seconds"
@@ -185,7 +191,8 @@ struct PageFaultPhaseFigures: Encodable {
     var line: String {
         let phase = PageFaultPlan.Phase(round: self.round, reporting: self.reporting)
         var text =
-            "\(phase): \(String(format: "%.0f", self.opsPerSecond)) ops/s, \(self.minorFaults) minor faults, "
+            "\(phase): \(String(format: "%.0f", self.opsPerSecond)) ops/s, "
+            + "\(String(format: "%.0f", self.opsPerCPUSecond)) ops/cpu-s, \(self.minorFaults) minor faults, "
             + "cpu \(Units.fixed(self.cpuSeconds, 2)) s (reporting \(Units.fixed(self.reportingCPUSeconds, 3)) s, "
             + "\(self.passes) passes), resident \(Units.formatBytes(self.residentBytesAtStart)) -> "
             + "\(Units.formatBytes(self.residentBytesAtEnd)), discarded \(Units.formatBytes(self.discardedBytes)), "

@@ -42,6 +42,7 @@ import Testing
             let reporting = try #require(phase["reporting"] as? Bool)
             let flushed = try #require(phase["flush_discarded_bytes"] as? Int)
             #expect(phase["prefaulted_bytes"] as? Int == pool, "\(phase)")
+            #expect((phase["ops_per_cpu_second"] as? Double ?? 0) > 0, "\(phase)")
             if reporting {
                 #expect(flushed > 0, "\(phase)")
                 #expect(phase["resident_bytes_at_start"] as? Int == pool - flushed, "\(phase)")
