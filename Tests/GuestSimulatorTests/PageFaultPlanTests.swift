@@ -38,7 +38,7 @@ import Testing
         let rounds = PageFaultRounds(off: [100, 110, 90, 105, 95], on: [99, 109, 45, 104, 94])
         #expect(rounds.ratios.count == 5)
         #expect(abs(rounds.ratios[2] - 0.5) < 1e-12)
-        #expect(abs(rounds.medianRatio - 104.0 / 105.0) < 1e-12)
+        #expect(abs(rounds.medianRatio - 99.0 / 100.0) < 1e-12)
         #expect(rounds.medianOff == 100)
         #expect(rounds.medianOn == 99)
         let meanRatio = rounds.on.reduce(0, +) / rounds.off.reduce(0, +)
