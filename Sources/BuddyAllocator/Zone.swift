@@ -1,5 +1,3 @@
-
-
 /// A zone: a contiguous range of frames with its own lock, `free_area[order].free_list[mt]`,
 /// counters and watermarks.
 ///
@@ -376,11 +374,25 @@ public final class Zone: @unchecked Sendable {
 
     /// Clears the discarded bits of `count` frames from `frame` (a block) and tells the reuse
     /// observer about each run.
-    @inlinable
+    ///
+    /// Once the host has discarded anything, every allocation comes here, and almost every one
+    /// finds no discarded frame in its block: that test is inlined into the allocation, and only a
+    /// block with discarded frames pays for the call (on the simulator's churn workload the call
+    /// alone was three quarters of reporting's whole cost in instructions).
+    @inlinable @inline(__always)
     func clearDiscarded(_ frame: Int, count: Int) {
+        // An aligned block of up to 64 frames lies in one bitmap word: if no frame of that word
+        // is discarded, none of the block is. (Reported blocks are large, so a word is nearly
+        // always all discarded or not at all; a word that is partly is sorted out by the call.)
+        if count <= 64 && self.table.discarded[frame &>> 6] == 0 { return }
+        self.clearDiscardedFound(frame, count: count)
+    }
+
+    /// ``clearDiscarded(_:count:)`` for a block that may hold discarded frames.
+    @usableFromInline
+    func clearDiscardedFound(_ frame: Int, count: Int) {
         let table = self.table
         if count <= 64 {
-            // An aligned block of up to 64 frames lies in one bitmap word.
             let word = frame &>> 6
             let mask = (count == 64 ? UInt64.max : (1 &<< UInt64(count)) &- 1) &<< UInt64(frame & 63)
             let bits = table.discarded[word] & mask

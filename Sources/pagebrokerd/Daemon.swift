@@ -60,7 +60,9 @@ struct Daemon {
             )
         }
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(
+            numberOfThreads: self.configuration.eventLoopThreads ?? System.coreCount
+        )
         let metrics = DaemonMetrics(
             listen: self.configuration.metricsListen,
             core: core,

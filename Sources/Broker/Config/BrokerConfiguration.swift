@@ -24,6 +24,9 @@ public struct BrokerConfiguration: Hashable, Sendable {
     public var stateDirectory: String?
     /// Prometheus endpoint (`GET /metrics`), `HOST:PORT`; `nil`: no metrics listener.
     public var metricsListen: String?
+    /// Event-loop threads serving guests, the admin socket and metrics; `nil`: one per core
+    /// (`System.coreCount`).
+    public var eventLoopThreads: Int?
 
     public init() {}
 
@@ -53,13 +56,14 @@ public struct BrokerConfiguration: Hashable, Sendable {
         let top = try ConfigReader(root, path: "")
         try top.only([
             "listen", "admin_socket", "trust_domain", "tls", "limits", "shutdown_timeout", "admin", "default_tenant",
-            "tenants", "state_directory", "metrics",
+            "tenants", "state_directory", "metrics", "event_loop_threads",
         ])
         if let value = try top.string("listen") {
             guard Self.splitHostPort(value) != nil else { throw top.bad("listen", "'\(value)' is not HOST:PORT") }
             configuration.listen = value
         }
         if let value = try top.string("admin_socket") { configuration.adminSocket = value }
+        if let value = try top.int("event_loop_threads", in: 1...1024) { configuration.eventLoopThreads = value }
         if let value = try top.string("state_directory") {
             guard value.hasPrefix("/") else { throw top.bad("state_directory", "'\(value)' is not an absolute path") }
             configuration.stateDirectory = value

@@ -77,6 +77,7 @@ import Testing
                 max_guests: 4
             metrics:
               listen: 127.0.0.1:9464
+            event_loop_threads: 3
             """
         )
         #expect(configuration.listen == "0.0.0.0:7443")
@@ -100,6 +101,7 @@ import Testing
                 == TenantPolicy(paused: true, maxReportsPerSecond: 500.5, burst: 1000, maxGuests: 4)
         )
         #expect(configuration.metricsListen == "127.0.0.1:9464")
+        #expect(configuration.eventLoopThreads == 3)
     }
 
     @Test func emptyFileGivesDefaults() throws {
@@ -107,6 +109,7 @@ import Testing
         #expect(configuration.listen == "127.0.0.1:7443")
         #expect(configuration.policies.defaultPolicy == nil)
         #expect(configuration.metricsListen == nil)
+        #expect(configuration.eventLoopThreads == nil)
     }
 
     @Test(arguments: [
@@ -121,6 +124,7 @@ import Testing
         ("tenants: {}\nmetrics:\n  listen: 9464\n", .badValue, "metrics.listen", 3),
         ("metrics:\n  port: 9464\n", .unknownKey, "metrics.port", 2),
         ("metrics: 127.0.0.1:9464\n", .badValue, "metrics", 1),
+        ("event_loop_threads: 0\n", .badValue, "event_loop_threads", 1),
     ])
     func badConfigurationNamesKeyAndLine(text: String, code: ConfigError.Code, key: String, line: Int) {
         do {
