@@ -25,8 +25,12 @@ import Testing
 
     static let twoMiB = 2 << 20
 
-    func startBroker(directory: String? = nil) throws -> BrokerProcess {
-        try BrokerProcess(directory: directory, configuration: Self.configuration)
+    /// A broker whose memory socket is there: it is bound after the guest listener, whose log
+    /// line `BrokerProcess` waits for.
+    func startBroker(directory: String? = nil) async throws -> BrokerProcess {
+        let broker = try BrokerProcess(directory: directory, configuration: Self.configuration)
+        #expect(await broker.waitForLog("memory socket listening"))
+        return broker
     }
 
     func socket(_ broker: BrokerProcess) -> String { "\(broker.directory)/memory.sock" }
@@ -66,7 +70,7 @@ import Testing
     }
 
     @Test func everyRefusalHasItsCode() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         let path = memfd.procPath
         // Nobody must reach the socket file to be refused by the broker rather than by its mode.
@@ -139,7 +143,7 @@ import Testing
     }
 
     @Test func reportToAttachedGuestIsPunchedBeforeItsOK() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 4096)
         let before = memfd.allocatedBytes
@@ -186,7 +190,7 @@ import Testing
     }
 
     @Test func failedPunchFailsTheReportAndChangesNothing() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 1024)
         let attacher = try MemoryAttacher(
@@ -218,7 +222,7 @@ import Testing
     }
 
     @Test func inhibitByTheAttacherAndByPagebrokerctl() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 2048)
         let attacher = try MemoryAttacher(
@@ -256,7 +260,7 @@ import Testing
     }
 
     @Test func guestPauseOutlivesARestart() async throws {
-        var broker = try self.startBroker()
+        var broker = try await self.startBroker()
         let directory = broker.directory
         #expect(try self.ctl(broker, ["pause", "t1", "g2"]).status == 0)
         var paused = try await RawGuest.connect(port: broker.port, tenant: "t1", guest: "g2")
