@@ -27,8 +27,12 @@ import Testing
 
     /// A broker whose memory socket is there: it is bound after the guest listener, whose log
     /// line `BrokerProcess` waits for.
-    func startBroker(directory: String? = nil) async throws -> BrokerProcess {
-        let broker = try BrokerProcess(directory: directory, configuration: Self.configuration)
+    func startBroker(directory: String? = nil, extraArguments: [String] = []) async throws -> BrokerProcess {
+        let broker = try BrokerProcess(
+            extraArguments: extraArguments,
+            directory: directory,
+            configuration: Self.configuration
+        )
         #expect(await broker.waitForLog("memory socket listening"))
         return broker
     }
@@ -142,8 +146,16 @@ import Testing
         #expect(broker.terminate() == 0)
     }
 
+    /// The broker's metrics exposition (it was started with `--metrics-listen 127.0.0.1:0`).
+    func scrape(_ broker: BrokerProcess) async throws -> String {
+        let (status, output) = try self.ctl(broker, ["status", "--json"])
+        #expect(status == 0)
+        let match = try #require(output.firstMatch(of: /http:\/\/127\.0\.0\.1:(\d+)\/metrics/))
+        return try await MetricsEndToEndTests.get(port: Int(match.1)!, path: "/metrics").body
+    }
+
     @Test func reportToAttachedGuestIsPunchedBeforeItsOK() async throws {
-        let broker = try await self.startBroker()
+        let broker = try await self.startBroker(extraArguments: ["--metrics-listen", "127.0.0.1:0"])
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 4096)
         let before = memfd.allocatedBytes
@@ -171,6 +183,18 @@ import Testing
         #expect(figures["memory_attached"] as? Bool == true)
         #expect(figures["resident_bytes"] as? Int == memfd.allocatedBytes)
         #expect(figures["discarded_bytes"] as? Int == 3 * Self.twoMiB)
+        // The same figures in the metrics: the kernel's resident bytes, what was punched, one
+        // punch timed.
+        let exposition = try await self.scrape(broker)
+        #expect(
+            MetricsEndToEndTests.sample(exposition, #"pagebroker_resident_bytes{tenant="t1"}"#)
+                == Double(memfd.allocatedBytes)
+        )
+        #expect(
+            MetricsEndToEndTests.sample(exposition, #"pagebroker_discarded_bytes_total{tenant="t1"}"#)
+                == Double(3 * Self.twoMiB)
+        )
+        #expect(MetricsEndToEndTests.sample(exposition, "pagebroker_discard_punch_seconds_count") == 1)
 
         // The broker never maps guest memory.
         let maps = try String(contentsOfFile: "/proc/\(broker.process.processIdentifier)/maps", encoding: .utf8)
