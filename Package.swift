@@ -120,11 +120,14 @@ let package = Package(
                 "BuddyAllocator",
                 "PageReporting",
                 "GuestMemory",
+                // The memory socket's descriptor passing (sendmsg with SCM_RIGHTS).
+                "CGuestMemory",
                 "BrokerProtocol",
                 "TLSTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
 
@@ -182,6 +185,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
         .testTarget(
@@ -218,7 +222,10 @@ let package = Package(
         .testTarget(name: "BuddyAllocatorTests", dependencies: ["BuddyAllocator"]),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "CGuestMemory"]),
         .testTarget(name: "PageReportingTests", dependencies: ["PageReporting", "BuddyAllocator"]),
-        .testTarget(name: "GuestSimulatorTests", dependencies: ["GuestSimulator", "PageReporting", "pagebroker-agent"]),
+        .testTarget(
+            name: "GuestSimulatorTests",
+            dependencies: ["GuestSimulator", "PageReporting", "pagebroker-agent"]
+        ),
         .testTarget(
             name: "BrokerProtocolTests",
             dependencies: [
