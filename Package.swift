@@ -82,12 +82,17 @@ let package = Package(
         ),
 
         // MARK: Broker
+        // C wrappers for the memory socket: recvmsg with SCM_RIGHTS, SO_PEERCRED, fstatfs magic,
+        // F_GET_SEALS and fallocate(PUNCH_HOLE). Its own target: the broker must not depend on
+        // the guest side's CGuestMemory.
+        .target(name: "CBrokerMemory"),
         // libFuzzer entry point for the session state machine; a crash reproducer otherwise.
         .executableTarget(name: "SessionFuzzer", dependencies: ["Broker", "BrokerAdminClient", "BrokerProtocol"]),
         .target(
             name: "Broker",
             dependencies: [
                 "BrokerAdminClient",
+                "CBrokerMemory",
                 "BrokerProtocol",
                 "TLSTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -192,6 +197,8 @@ let package = Package(
             name: "BrokerTests",
             dependencies: [
                 "Broker",
+                // memfds for the memory attachment's unit tests.
+                "CGuestMemory",
                 "BrokerAdminClient",
                 "BrokerProtocol",
                 .product(name: "PropertyBased", package: "swift-property-based"),
@@ -207,6 +214,8 @@ let package = Package(
             dependencies: [
                 "BrokerProtocol",
                 "TLSTransport",
+                // memfd_create and seals for the memory socket's tests (the test's own memory).
+                "CGuestMemory",
                 // Run as real processes by the tests.
                 "pagebrokerd",
                 "pagebrokerctl",

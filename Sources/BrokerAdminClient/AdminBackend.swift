@@ -9,6 +9,22 @@ public protocol AdminBackend: Sendable {
     func guests(tenant: String?) -> [GuestSnapshot]
     /// Pauses or resumes a tenant: a paused tenant's reports fail with `tenant_paused`.
     func setPaused(tenant: String, paused: Bool) throws(AdminError)
+    /// Pauses or resumes one guest: a paused guest's reports fail with `guest_paused`.
+    func setPaused(tenant: String, guest: String, paused: Bool) throws(AdminError)
+    /// Inhibits or allows host-side discard for one guest: while inhibited, its reports fail
+    /// with `discard_inhibited`.
+    func setDiscardInhibited(tenant: String, guest: String, inhibited: Bool, reason: String) throws(AdminError)
+}
+
+extension AdminBackend {
+    /// Backends without guests' memory (test doubles) refuse the memory requests.
+    public func setPaused(tenant: String, guest: String, paused: Bool) throws(AdminError) {
+        throw AdminError(.badRequest, "this broker cannot pause single guests")
+    }
+
+    public func setDiscardInhibited(tenant: String, guest: String, inhibited: Bool, reason: String) throws(AdminError) {
+        throw AdminError(.badRequest, "this broker has no host-side discard")
+    }
 }
 
 /// The broker's figures at one moment.

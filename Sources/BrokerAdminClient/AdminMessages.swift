@@ -59,6 +59,11 @@ extension TenantSnapshot {
         message.bytesReported = UInt64(clamping: self.bytesReported)
         message.bytesReused = UInt64(clamping: self.bytesReused)
         message.paused = self.paused
+        message.residentBytes = UInt64(clamping: self.residentBytes)
+        message.discardedBytes = UInt64(clamping: self.discardedBytes)
+        for (name, count) in self.discardFailuresByErrno {
+            message.discardFailuresByErrno[name] = UInt64(clamping: count)
+        }
         return message
     }
 
@@ -78,6 +83,9 @@ extension TenantSnapshot {
         self.bytesReported = Int(clamping: message.bytesReported)
         self.bytesReused = Int(clamping: message.bytesReused)
         self.paused = message.paused
+        self.residentBytes = Int(clamping: message.residentBytes)
+        self.discardedBytes = Int(clamping: message.discardedBytes)
+        self.discardFailuresByErrno = message.discardFailuresByErrno.mapValues { Int(clamping: $0) }
     }
 }
 
@@ -93,6 +101,14 @@ extension GuestSnapshot {
         message.ranges = UInt64(clamping: self.ranges)
         message.pageSize = UInt64(clamping: self.pageSize)
         message.syncing = self.syncing
+        message.memoryAttached = self.memoryAttached
+        if let resident = self.residentBytes { message.residentBytes = UInt64(clamping: resident) }
+        message.discardedBytes = UInt64(clamping: self.discardedBytes)
+        for (name, count) in self.discardFailuresByErrno {
+            message.discardFailuresByErrno[name] = UInt64(clamping: count)
+        }
+        message.discardInhibitedBy = self.discardInhibitedBy ?? ""
+        message.paused = self.paused
         return message
     }
 
@@ -106,6 +122,12 @@ extension GuestSnapshot {
         self.ranges = Int(clamping: message.ranges)
         self.pageSize = Int(clamping: message.pageSize)
         self.syncing = message.syncing
+        self.memoryAttached = message.memoryAttached
+        self.residentBytes = message.hasResidentBytes ? Int(clamping: message.residentBytes) : nil
+        self.discardedBytes = Int(clamping: message.discardedBytes)
+        self.discardFailuresByErrno = message.discardFailuresByErrno.mapValues { Int(clamping: $0) }
+        self.discardInhibitedBy = message.discardInhibitedBy.isEmpty ? nil : message.discardInhibitedBy
+        self.paused = message.paused
     }
 }
 

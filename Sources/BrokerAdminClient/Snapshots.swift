@@ -23,6 +23,13 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
     /// Whether the tenant's reports are refused with `tenant_paused` (policy, not ledger: set
     /// by the broker core).
     public var paused = false
+    /// Host-side discard: the kernel's allocated bytes of the memory attached for the tenant's
+    /// guests (`st_blocks * 512` of each descriptor, read when asked), summed.
+    public var residentBytes = 0
+    /// Bytes punched out of the tenant's guests' memory since the broker started.
+    public var discardedBytes = 0
+    /// Failed punches by errno name (`EPERM`).
+    public var discardFailuresByErrno: [String: Int] = [:]
 
     public init(
         tenant: String,
@@ -60,6 +67,9 @@ public struct TenantSnapshot: Hashable, Sendable, Codable {
         case bytesReported = "bytes_reported"
         case bytesReused = "bytes_reused"
         case paused
+        case residentBytes = "resident_bytes"
+        case discardedBytes = "discarded_bytes"
+        case discardFailuresByErrno = "discard_failures_by_errno"
     }
 }
 
@@ -75,6 +85,19 @@ public struct GuestSnapshot: Hashable, Sendable, Codable {
     public var ranges: Int
     public var pageSize: Int
     public var syncing: Bool
+    /// The guest's memory is attached on the memory socket (host-side discard).
+    public var memoryAttached = false
+    /// With memory attached, the kernel's allocated bytes of it (`st_blocks * 512`), read when
+    /// asked; `nil` otherwise.
+    public var residentBytes: Int?
+    /// Bytes punched out of the guest's memory since the broker started.
+    public var discardedBytes = 0
+    /// Failed punches by errno name.
+    public var discardFailuresByErrno: [String: Int] = [:]
+    /// Why discard is inhibited (`pagebrokerctl: snapshot`), or `nil`.
+    public var discardInhibitedBy: String?
+    /// The guest itself is paused (`pagebrokerctl pause TENANT GUEST`).
+    public var paused = false
 
     public init(
         guest: String,
@@ -106,6 +129,12 @@ public struct GuestSnapshot: Hashable, Sendable, Codable {
         case ranges
         case pageSize = "page_size"
         case syncing
+        case memoryAttached = "memory_attached"
+        case residentBytes = "resident_bytes"
+        case discardedBytes = "discarded_bytes"
+        case discardFailuresByErrno = "discard_failures_by_errno"
+        case discardInhibitedBy = "discard_inhibited_by"
+        case paused
     }
 }
 

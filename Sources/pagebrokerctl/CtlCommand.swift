@@ -21,7 +21,7 @@ struct CtlCommand: AsyncParsableCommand {
             """,
         subcommands: [
             StatusCommand.self, TenantsCommand.self, GuestsCommand.self, PauseCommand.self, ResumeCommand.self,
-            TopCommand.self,
+            InhibitCommand.self, AllowDiscardCommand.self, TopCommand.self,
         ]
     )
 
@@ -31,7 +31,9 @@ struct CtlCommand: AsyncParsableCommand {
 
     /// Without a subcommand there is nothing to do: that is bad usage, not a request for help.
     func run() async throws {
-        throw ValidationError("Missing subcommand: status, tenants, guests, pause, resume or top.")
+        throw ValidationError(
+            "Missing subcommand: status, tenants, guests, pause, resume, inhibit, allow-discard or top."
+        )
     }
 
     /// Parses and runs like `AsyncParsableCommand.main()`, except that bad usage exits

@@ -32,12 +32,17 @@ enum Render {
     static func tenants(_ tenants: [TenantSnapshot]) -> String {
         guard !tenants.isEmpty else { return "no tenants" }
         return Self.table(
-            header: ["TENANT", "GUESTS", "CONNECTED", "RECLAIMABLE", "REPORTS OK", "FAILED", "REPORTED", "REUSED"],
-            rightAligned: [false, true, true, true, true, true, true, true],
+            header: [
+                "TENANT", "GUESTS", "CONNECTED", "RECLAIMABLE", "RESIDENT", "REPORTS OK", "FAILED", "REPORTED",
+                "REUSED",
+            ],
+            rightAligned: [false, true, true, true, true, true, true, true, true],
             rows: tenants.map {
                 [
                     $0.tenant, "\($0.guests)", "\($0.guestsConnected)", Self.bytes($0.reclaimableBytes),
-                    "\($0.reportsOK)", "\($0.reportsFailed)", Self.bytes($0.bytesReported), Self.bytes($0.bytesReused),
+                    Self.bytes($0.residentBytes), "\($0.reportsOK)", "\($0.reportsFailed)",
+                    Self.bytes($0.bytesReported),
+                    Self.bytes($0.bytesReused),
                 ]
             }
         )
@@ -46,15 +51,25 @@ enum Render {
     static func guests(_ guests: [GuestSnapshot]) -> String {
         guard !guests.isEmpty else { return "no guests" }
         return Self.table(
-            header: ["TENANT", "GUEST", "CONNECTED", "RECLAIMABLE", "RANGES", "SYNCING"],
-            rightAligned: [false, false, false, true, true, false],
+            header: ["TENANT", "GUEST", "CONNECTED", "RECLAIMABLE", "RESIDENT", "RANGES", "SYNCING", "DISCARD"],
+            rightAligned: [false, false, false, true, true, true, false, false],
             rows: guests.map {
                 [
-                    $0.tenant, $0.guest, $0.connected ? "yes" : "no", Self.bytes($0.reclaimableBytes), "\($0.ranges)",
-                    $0.syncing ? "yes" : "no",
+                    $0.tenant, $0.guest, $0.connected ? "yes" : "no", Self.bytes($0.reclaimableBytes),
+                    $0.residentBytes.map(Self.bytes) ?? "-", "\($0.ranges)", $0.syncing ? "yes" : "no",
+                    Self.discard($0),
                 ]
             }
         )
+    }
+
+    /// A guest's discard state: `host` (memory attached), `none` (accounting only), and why it
+    /// does not discard now (`paused`, `inhibited`).
+    static func discard(_ guest: GuestSnapshot) -> String {
+        var words = [guest.memoryAttached ? "host" : "none"]
+        if guest.paused { words.append("paused") }
+        if guest.discardInhibitedBy != nil { words.append("inhibited") }
+        return words.joined(separator: ",")
     }
 
     /// Columns as wide as their widest cell, two spaces apart; numbers right-aligned

@@ -65,38 +65,57 @@ struct GuestsCommand: AsyncParsableCommand {
 struct PauseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pause",
-        abstract: "Pause a tenant: its guests' reports fail with tenant_paused until it is resumed."
+        abstract: "Pause a tenant, or one guest: reports fail with tenant_paused (guest_paused) until resumed.",
+        discussion: "Kept across broker restarts (in the broker's state directory)."
     )
 
     @OptionGroup var connection: ConnectionOptions
-    @Argument(help: "The tenant to pause.") var tenant: String
+    @Argument(help: "The tenant to pause (or whose guest to pause).") var tenant: String
+    @Argument(help: "Pause only this guest of the tenant.") var guest: String?
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
         var pause = Pagebroker_V1_PauseRequest()
         pause.tenant = self.tenant
+        if let guest = self.guest { pause.guest = guest }
         var request = Pagebroker_V1_AdminRequest()
         request.pause = pause
-        try await PausedState.set(tenant: self.tenant, paused: true, request, self.connection, self.output)
+        try await PausedState.set(
+            tenant: self.tenant,
+            guest: self.guest,
+            paused: true,
+            request,
+            self.connection,
+            self.output
+        )
     }
 }
 
 struct ResumeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "resume",
-        abstract: "Resume a paused tenant."
+        abstract: "Resume a paused tenant, or one paused guest."
     )
 
     @OptionGroup var connection: ConnectionOptions
-    @Argument(help: "The tenant to resume.") var tenant: String
+    @Argument(help: "The tenant to resume (or whose guest to resume).") var tenant: String
+    @Argument(help: "Resume only this guest of the tenant.") var guest: String?
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
         var resume = Pagebroker_V1_ResumeRequest()
         resume.tenant = self.tenant
+        if let guest = self.guest { resume.guest = guest }
         var request = Pagebroker_V1_AdminRequest()
         request.resume = resume
-        try await PausedState.set(tenant: self.tenant, paused: false, request, self.connection, self.output)
+        try await PausedState.set(
+            tenant: self.tenant,
+            guest: self.guest,
+            paused: false,
+            request,
+            self.connection,
+            self.output
+        )
     }
 }
 
@@ -104,11 +123,13 @@ struct ResumeCommand: AsyncParsableCommand {
 enum PausedState {
     struct Result: Encodable {
         var tenant: String
+        var guest: String?
         var paused: Bool
     }
 
     static func set(
         tenant: String,
+        guest: String?,
         paused: Bool,
         _ request: Pagebroker_V1_AdminRequest,
         _ connection: ConnectionOptions,
@@ -116,8 +137,80 @@ enum PausedState {
     ) async throws {
         let response = try await connection.send(request)
         guard case .ok? = response.body else { throw unexpected(response, expected: "ok") }
-        let result = Result(tenant: tenant, paused: paused)
-        Terminal.print(output.json ? try Render.json(result) : "\(paused ? "paused" : "resumed") tenant \(tenant)")
+        let result = Result(tenant: tenant, guest: guest, paused: paused)
+        let what = guest.map { "guest \(tenant)/\($0)" } ?? "tenant \(tenant)"
+        Terminal.print(output.json ? try Render.json(result) : "\(paused ? "paused" : "resumed") \(what)")
+    }
+}
+
+struct InhibitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inhibit",
+        abstract: "Inhibit host-side discard for a guest: its reports fail with discard_inhibited.",
+        discussion: """
+            For memory that must not be punched now (pinned for a passthrough device, a snapshot \
+            in progress). Until allow-discard; not kept across broker restarts.
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The guest's tenant.") var tenant: String
+    @Argument(help: "The guest.") var guest: String
+    @Option(help: "Why, shown by `guests`.") var reason: String = "operator"
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        try await DiscardInhibit.set(tenant, guest, inhibited: true, reason: self.reason, self.connection, self.output)
+    }
+}
+
+struct AllowDiscardCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "allow-discard",
+        abstract: "Lift an inhibit set with `inhibit` (the attaching process's own inhibit stays)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The guest's tenant.") var tenant: String
+    @Argument(help: "The guest.") var guest: String
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        try await DiscardInhibit.set(tenant, guest, inhibited: false, reason: "", self.connection, self.output)
+    }
+}
+
+/// What `inhibit` and `allow-discard` share.
+enum DiscardInhibit {
+    struct Result: Encodable {
+        var tenant: String
+        var guest: String
+        var discardInhibited: Bool
+    }
+
+    static func set(
+        _ tenant: String,
+        _ guest: String,
+        inhibited: Bool,
+        reason: String,
+        _ connection: ConnectionOptions,
+        _ output: OutputOptions
+    ) async throws {
+        var inhibit = Pagebroker_V1_SetDiscardInhibitedRequest()
+        inhibit.tenant = tenant
+        inhibit.guest = guest
+        inhibit.inhibited = inhibited
+        inhibit.reason = reason
+        var request = Pagebroker_V1_AdminRequest()
+        request.setDiscardInhibited = inhibit
+        let response = try await connection.send(request)
+        guard case .ok? = response.body else { throw unexpected(response, expected: "ok") }
+        let result = Result(tenant: tenant, guest: guest, discardInhibited: inhibited)
+        Terminal.print(
+            output.json
+                ? try Render.json(result)
+                : "\(inhibited ? "inhibited" : "allowed") discard for guest \(tenant)/\(guest)"
+        )
     }
 }
 

@@ -20,7 +20,7 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
             --dev makes a throwaway PKI, listens on loopback and prints the commands to start guests.
 
             Under systemd (deploy/pagebrokerd.service) it adopts the sockets of pagebrokerd.socket by \
-            name (guest, admin), reports READY/STATUS/RELOADING/STOPPING and feeds the watchdog. \
+            name (guest, admin, memory), reports READY/STATUS/RELOADING/STOPPING and feeds the watchdog. \
             SIGHUP reloads the certificates, the CA bundle and the tenant policy without dropping \
             sessions (a broken configuration is refused and the old one stays); SIGTERM stops \
             accepting, fails reports in flight with shutting_down and exits within shutdown_timeout.
@@ -50,6 +50,12 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("admin-socket"), help: "Admin Unix socket path.")
     var adminSocket: String?
+
+    @Option(
+        name: .customLong("memory-socket"),
+        help: "Memory Unix socket path, where guests' memory is attached for host-side discard."
+    )
+    var memorySocket: String?
 
     @Option(
         name: .customLong("state-directory"),
@@ -172,6 +178,7 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         if let value = self.clientCA { configuration.clientCA = value }
         if let value = self.trustDomain { configuration.trustDomain = value }
         if let value = self.adminSocket { configuration.adminSocket = value }
+        if let value = self.memorySocket { configuration.memorySocket = value }
         if let value = self.stateDirectory { configuration.stateDirectory = value }
         if let value = self.metricsListen { configuration.metricsListen = value }
         if let value = configuration.metricsListen, BrokerConfiguration.splitHostPort(value) == nil {
@@ -285,6 +292,13 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         configuration.clientCA = pki.caCertificate
         configuration.trustDomain = pki.trustDomain
         configuration.adminSocket = "\(pki.directory)/admin.sock"
+        // The dev PKI's tenants, named so that this user may attach their guests' memory
+        // (`default_tenant` cannot grant that).
+        for tenant in ["tenant-a", "tenant-b"] where configuration.policies.tenants[tenant] == nil {
+            configuration.policies.tenants[tenant] = TenantPolicy(
+                memoryAccess: MemoryAccessPolicy(allowedUIDs: [getuid()])
+            )
+        }
         configuration.stateDirectory = configuration.stateDirectory ?? "\(pki.directory)/state"
         configuration.allowedUIDs.append(getuid())
         if configuration.policies.defaultPolicy == nil { configuration.policies.defaultPolicy = TenantPolicy() }
@@ -295,6 +309,7 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
             "pagebrokerd is running in development mode.",
             "  guests:        \(address) (mutual TLS, trust domain \(pki.trustDomain))",
             "  PKI and admin: \(pki.directory)",
+            "  memory socket: \(configuration.memorySocketPath)",
             "",
             "Start guests (each in its own terminal, or with & at the end):",
         ]

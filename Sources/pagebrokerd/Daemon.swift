@@ -21,6 +21,7 @@ struct Daemon {
     /// The names `pagebrokerd.socket` gives its sockets (`FileDescriptorName=`).
     static let guestSocketName = "guest"
     static let adminSocketName = "admin"
+    static let memorySocketName = "memory"
 
     /// Starts everything, calls `ready` with the guest listener's address, and runs until
     /// SIGTERM or SIGINT, then shuts down within the configured timeout.
@@ -36,7 +37,7 @@ struct Daemon {
         let signals = await UnixSignalsSequence(trapping: .sighup, .sigterm, .sigint)
         let inherited = try SocketActivation.assign(
             SocketActivation.takeSockets(),
-            roles: [Self.guestSocketName, Self.adminSocketName],
+            roles: [Self.guestSocketName, Self.adminSocketName, Self.memorySocketName],
             unnamedRole: Self.guestSocketName
         )
         if !inherited.isEmpty {
@@ -48,14 +49,16 @@ struct Daemon {
 
         let core = BrokerCore(policies: self.configuration.policies, maxSessions: self.configuration.maxSessions)
         let pauseStore = PauseStore(directory: Self.stateDirectory(self.configuration))
-        let saved = try pauseStore.load()
+        let (saved, savedGuests) = try pauseStore.loadAll()
         core.restorePauseOverrides(saved)
-        if !saved.isEmpty {
+        core.restorePausedGuests(savedGuests)
+        if !saved.isEmpty || !savedGuests.isEmpty {
             self.logger.info(
                 "restored pause state",
                 metadata: [
                     "path": "\(pauseStore.path)",
                     "paused": "\(saved.filter(\.value).keys.sorted().joined(separator: ","))",
+                    "paused_guests": "\(savedGuests.sorted().joined(separator: ","))",
                 ]
             )
         }
@@ -131,7 +134,10 @@ struct Daemon {
         let adminShown =
             inherited[Self.adminSocketName] == nil
             ? "unix:\(self.configuration.adminSocket)" : "unix:(socket-activated)"
-        core.setListening([shown, adminShown] + (metricsURL.map { [$0] } ?? []))
+        let memoryShown =
+            inherited[Self.memorySocketName] == nil
+            ? "unix:\(self.configuration.memorySocketPath)" : "unix:(socket-activated memory)"
+        core.setListening([shown, adminShown, memoryShown] + (metricsURL.map { [$0] } ?? []))
         do {
             try await admin.start(adminListener)
         } catch {
@@ -144,6 +150,33 @@ struct Daemon {
             throw StartupError("admin listener \(adminListener): cannot listen: \(Self.explain(error))")
         }
         self.logger.info("admin socket ready", metadata: ["listener": "\(adminListener)"])
+
+        let memory = MemoryServer(core: core, logger: self.logger)
+        let memoryListener: MemoryServer.Listener =
+            inherited[Self.memorySocketName].map { .boundSocket($0) }
+            ?? .unixDomainSocket(path: self.configuration.memorySocketPath)
+        do {
+            try memory.start(memoryListener)
+        } catch {
+            // A memory socket the operator asked for must work; the default one is optional, so
+            // that a broker set up before host-side discard existed (a socket unit without
+            // `memory`, no /run/pagebrokerd) still starts, accounting only.
+            if inherited[Self.memorySocketName] == nil && self.configuration.memorySocket == nil
+                && error.code != .inUse
+            {
+                self.logger.warning(
+                    "no memory socket: host-side discard is off",
+                    metadata: ["socket": "\(memoryListener)", "error": "\(error.message)"]
+                )
+                core.setListening([shown, adminShown] + (metricsURL.map { [$0] } ?? []))
+            } else {
+                await server.stop(drainTimeout: .zero)
+                await admin.shutdown()
+                await metrics?.stop()
+                try? await group.shutdownGracefully()
+                throw StartupError(error.code == .inUse ? error.message : "memory listener: \(error.message)")
+            }
+        }
 
         let service = ServiceState(configuration: self.configuration, logger: self.logger)
         let startedStatus = service.statusLine(core)
@@ -159,6 +192,8 @@ struct Daemon {
         let stoppingStatus = "stopping: \(core.sessionCount) sessions draining"
         service.notify { $0.stopBegan(status: stoppingStatus) }
         await server.stop(drainTimeout: timeout)
+        // After the sessions: no report is punched any more, so detaching cannot fail one.
+        await memory.shutdown()
         await admin.shutdown()
         await metrics?.stop()
         try await group.shutdownGracefully()

@@ -138,9 +138,31 @@ enum AdminRequestServing {
             list.guests = backend.guests(tenant: guests.hasTenant ? guests.tenant : nil).map(\.wireMessage)
             response.guests = list
         case .pause(let pause):
-            return Self.setPaused(tenant: pause.tenant, paused: true, backend: backend)
+            return Self.setPaused(
+                tenant: pause.tenant,
+                guest: pause.hasGuest ? pause.guest : nil,
+                paused: true,
+                backend: backend
+            )
         case .resume(let resume):
-            return Self.setPaused(tenant: resume.tenant, paused: false, backend: backend)
+            return Self.setPaused(
+                tenant: resume.tenant,
+                guest: resume.hasGuest ? resume.guest : nil,
+                paused: false,
+                backend: backend
+            )
+        case .setDiscardInhibited(let inhibit):
+            guard !inhibit.tenant.isEmpty, !inhibit.guest.isEmpty else {
+                return .reply(.failure(AdminError(.badRequest, "no tenant and guest named")))
+            }
+            return Self.carryOut { () throws(AdminError) in
+                try backend.setDiscardInhibited(
+                    tenant: inhibit.tenant,
+                    guest: inhibit.guest,
+                    inhibited: inhibit.inhibited,
+                    reason: inhibit.reason
+                )
+            }
         case nil:
             // Unset, or a request a newer pagebrokerctl knows and this broker does not.
             return .replyAndClose(AdminError(.badRequest, "request has no body this broker knows"))
@@ -154,18 +176,30 @@ enum AdminRequestServing {
         case .status: "status"
         case .tenants: "tenants"
         case .guests: "guests"
-        case .pause(let pause): "pause \(pause.tenant)"
-        case .resume(let resume): "resume \(resume.tenant)"
+        case .pause(let pause): "pause \(pause.tenant)\(pause.hasGuest ? " \(pause.guest)" : "")"
+        case .resume(let resume): "resume \(resume.tenant)\(resume.hasGuest ? " \(resume.guest)" : "")"
+        case .setDiscardInhibited(let inhibit):
+            "\(inhibit.inhibited ? "inhibit" : "allow-discard") \(inhibit.tenant) \(inhibit.guest)"
         case nil: "unknown"
         }
     }
 
-    private static func setPaused(tenant: String, paused: Bool, backend: any AdminBackend) -> Outcome {
+    private static func setPaused(tenant: String, guest: String?, paused: Bool, backend: any AdminBackend) -> Outcome {
         guard !tenant.isEmpty else {
             return .reply(.failure(AdminError(.badRequest, "no tenant named")))
         }
+        return Self.carryOut { () throws(AdminError) in
+            if let guest {
+                try backend.setPaused(tenant: tenant, guest: guest, paused: paused)
+            } else {
+                try backend.setPaused(tenant: tenant, paused: paused)
+            }
+        }
+    }
+
+    private static func carryOut(_ body: () throws(AdminError) -> Void) -> Outcome {
         do {
-            try backend.setPaused(tenant: tenant, paused: paused)
+            try body()
         } catch {
             return .reply(.failure(error))
         }

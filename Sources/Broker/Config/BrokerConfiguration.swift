@@ -8,6 +8,18 @@ public struct BrokerConfiguration: Hashable, Sendable {
     public var listen = "127.0.0.1:7443"
     /// Admin Unix socket path.
     public var adminSocket = "/run/pagebrokerd/admin.sock"
+    /// Memory Unix socket path, where guests' memory is attached for host-side discard; `nil`
+    /// for ``memorySocketPath``'s default.
+    public var memorySocket: String?
+
+    /// The memory socket's path: `memory_socket`, else `memory.sock` beside the admin socket
+    /// (`/run/pagebrokerd/memory.sock` by default), so a broker given only `--admin-socket`
+    /// keeps all its sockets in one directory.
+    public var memorySocketPath: String {
+        if let memorySocket { return memorySocket }
+        let directory = (self.adminSocket as NSString).deletingLastPathComponent
+        return ((directory.isEmpty ? "." : directory) as NSString).appendingPathComponent("memory.sock")
+    }
     public var trustDomain: String?
     public var certificate: String?
     public var key: String?
@@ -53,13 +65,17 @@ public struct BrokerConfiguration: Hashable, Sendable {
         let top = try ConfigReader(root, path: "")
         try top.only([
             "listen", "admin_socket", "trust_domain", "tls", "limits", "shutdown_timeout", "admin", "default_tenant",
-            "tenants", "state_directory", "metrics",
+            "tenants", "state_directory", "metrics", "memory_socket",
         ])
         if let value = try top.string("listen") {
             guard Self.splitHostPort(value) != nil else { throw top.bad("listen", "'\(value)' is not HOST:PORT") }
             configuration.listen = value
         }
         if let value = try top.string("admin_socket") { configuration.adminSocket = value }
+        if let value = try top.string("memory_socket") {
+            guard value.hasPrefix("/") else { throw top.bad("memory_socket", "'\(value)' is not an absolute path") }
+            configuration.memorySocket = value
+        }
         if let value = try top.string("state_directory") {
             guard value.hasPrefix("/") else { throw top.bad("state_directory", "'\(value)' is not an absolute path") }
             configuration.stateDirectory = value
@@ -113,7 +129,7 @@ public struct BrokerConfiguration: Hashable, Sendable {
             }
         }
         if let table = try top.table("default_tenant") {
-            configuration.policies.defaultPolicy = try Self.policy(table)
+            configuration.policies.defaultPolicy = try Self.policy(table, allowsMemory: false)
         }
         if let tenants = try top.table("tenants") {
             for (name, node) in tenants.entries {
@@ -126,15 +142,28 @@ public struct BrokerConfiguration: Hashable, Sendable {
                     )
                 }
                 let table = try ConfigReader(node, path: "tenants.\(name)")
-                configuration.policies.tenants[name] = try Self.policy(table)
+                configuration.policies.tenants[name] = try Self.policy(table, allowsMemory: true)
             }
         }
         return configuration
     }
 
-    private static func policy(_ table: ConfigReader) throws(ConfigError) -> TenantPolicy {
-        try table.only(["paused", "max_reports_per_second", "burst", "max_guests"])
+    private static func policy(_ table: ConfigReader, allowsMemory: Bool) throws(ConfigError) -> TenantPolicy {
+        // `default_tenant` has no `memory:`: a process allowed there would be allowed for every
+        // tenant the configuration does not name.
+        try table.only(
+            allowsMemory
+                ? ["paused", "max_reports_per_second", "burst", "max_guests", "memory"]
+                : ["paused", "max_reports_per_second", "burst", "max_guests"]
+        )
         var policy = TenantPolicy()
+        if let memory = try table.table("memory") {
+            try memory.only(["uids", "gids"])
+            policy.memoryAccess = MemoryAccessPolicy(
+                allowedUIDs: Set(try memory.ids("uids") ?? []),
+                allowedGIDs: Set(try memory.ids("gids") ?? [])
+            )
+        }
         if let value = try table.bool("paused") { policy.paused = value }
         if let value = try table.double("max_reports_per_second") {
             guard value > 0 else { throw table.bad("max_reports_per_second", "must be positive") }

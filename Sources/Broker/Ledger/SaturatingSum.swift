@@ -13,3 +13,12 @@ extension Sequence<Int> {
         return total
     }
 }
+
+extension Int {
+    /// `self + other`, saturating at `Int.max` and `Int.min` instead of trapping.
+    func addingSaturating(_ other: Int) -> Int {
+        let (sum, overflow) = self.addingReportingOverflow(other)
+        if overflow { return other > 0 ? .max : .min }
+        return sum
+    }
+}

@@ -33,7 +33,19 @@ public final class BrokerMetrics: Sendable {
         public static let sessions = "pagebroker_sessions"
         public static let handshakeFailures = "pagebroker_handshake_failures_total"
         public static let reportRoundTrip = "pagebroker_report_round_trip_seconds"
+        public static let residentBytes = "pagebroker_resident_bytes"
+        public static let discardedBytes = "pagebroker_discarded_bytes_total"
+        public static let discardFailures = "pagebroker_discard_failures_total"
+        public static let punchDuration = "pagebroker_discard_punch_seconds"
     }
+
+    /// Upper bounds of the punch histogram's buckets: 10 µs (one small block) to 1 s (a report
+    /// of many large blocks on a loaded host).
+    public static let punchBuckets: [Duration] = [
+        .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(250),
+        .microseconds(500), .milliseconds(1), .microseconds(2500), .milliseconds(5), .milliseconds(10),
+        .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+    ]
 
     /// Upper bounds of the round-trip histogram's buckets: 50 µs to 1 s, roughly 1-2.5-5 per
     /// decade. An accepted report takes tens of microseconds on an idle broker; the upper
@@ -50,6 +62,8 @@ public final class BrokerMetrics: Sendable {
     /// 128-bit values under its lock and took twice as long per observation (about 120 ns
     /// against 55 ns, measured in a release build).
     private let roundTrip: ValueHistogram
+    /// Per report with memory attached: the time its blocks took to punch, in seconds.
+    private let punch: ValueHistogram
     private let sessions: Gauge
     private let exported: Mutex<Exported>
 
@@ -73,6 +87,9 @@ public final class BrokerMetrics: Sendable {
         var reportsFailed: [Int: Tracked] = [:]
         var reported: Tracked
         var reused: Tracked
+        let resident: Gauge
+        var discarded: Tracked
+        var discardFailures: [String: Tracked] = [:]
     }
 
     private struct Exported {
@@ -89,6 +106,13 @@ public final class BrokerMetrics: Sendable {
             ),
             buckets: Self.roundTripBuckets.map(Self.seconds)
         )
+        self.punch = registry.makeValueHistogram(
+            descriptor: Self.descriptor(
+                Name.punchDuration,
+                "Time to punch one report's blocks out of a guest's attached memory, in seconds."
+            ),
+            buckets: Self.punchBuckets.map(Self.seconds)
+        )
         self.sessions = registry.makeGauge(
             descriptor: Self.descriptor(Name.sessions, "Guest sessions the broker holds now.")
         )
@@ -101,6 +125,11 @@ public final class BrokerMetrics: Sendable {
     /// `ReportResult` being written.
     public func recordReportRoundTrip(_ duration: Duration) {
         self.roundTrip.record(Self.seconds(duration))
+    }
+
+    /// Records the punch of one report's blocks (host-side discard).
+    public func recordPunch(_ duration: Duration) {
+        self.punch.record(Self.seconds(duration))
     }
 
     private static func seconds(_ duration: Duration) -> Double {
@@ -135,6 +164,23 @@ public final class BrokerMetrics: Sendable {
                 }
                 handles.reported.advance(to: tenant.bytesReported)
                 handles.reused.advance(to: tenant.bytesReused)
+                handles.resident.set(Int64(tenant.residentBytes))
+                handles.discarded.advance(to: tenant.discardedBytes)
+                for (name, count) in tenant.discardFailuresByErrno {
+                    var tracked =
+                        handles.discardFailures[name]
+                        ?? Tracked(
+                            counter: self.registry.makeCounter(
+                                descriptor: Self.descriptor(
+                                    Name.discardFailures,
+                                    "Punches of a report's blocks that failed, by tenant and errno."
+                                ),
+                                labels: [("tenant", tenant.tenant), ("errno", name)]
+                            )
+                        )
+                    tracked.advance(to: count)
+                    handles.discardFailures[name] = tracked
+                }
                 exported.tenants[tenant.tenant] = handles
             }
             for (reason, count) in handshakeFailures {
@@ -190,6 +236,22 @@ public final class BrokerMetrics: Sendable {
             reused: Tracked(
                 counter: self.registry.makeCounter(
                     descriptor: Self.descriptor(Name.reusedBytes, "Bytes of discarded memory guests took back."),
+                    labels: labels
+                )
+            ),
+            resident: self.registry.makeGauge(
+                descriptor: Self.descriptor(
+                    Name.residentBytes,
+                    "Bytes the kernel holds of the tenant's attached guest memory now (st_blocks of each memfd)."
+                ),
+                labels: labels
+            ),
+            discarded: Tracked(
+                counter: self.registry.makeCounter(
+                    descriptor: Self.descriptor(
+                        Name.discardedBytes,
+                        "Bytes punched out of the tenant's attached guest memory."
+                    ),
                     labels: labels
                 )
             )

@@ -8,12 +8,23 @@ public struct TenantPolicy: Hashable, Sendable {
     public var burst: Int?
     /// Guests the tenant may have connected at once; `nil` for no limit.
     public var maxGuests: Int?
+    /// Who may attach guests' memory for this tenant on the memory socket (`memory:`); empty
+    /// for nobody. Only for tenants the configuration names: `default_tenant` cannot have one,
+    /// since a process allowed there would be allowed for every unnamed tenant.
+    public var memoryAccess: MemoryAccessPolicy
 
-    public init(paused: Bool = false, maxReportsPerSecond: Double? = nil, burst: Int? = nil, maxGuests: Int? = nil) {
+    public init(
+        paused: Bool = false,
+        maxReportsPerSecond: Double? = nil,
+        burst: Int? = nil,
+        maxGuests: Int? = nil,
+        memoryAccess: MemoryAccessPolicy = MemoryAccessPolicy()
+    ) {
         self.paused = paused
         self.maxReportsPerSecond = maxReportsPerSecond
         self.burst = burst
         self.maxGuests = maxGuests
+        self.memoryAccess = memoryAccess
     }
 
     /// No limits, not paused.

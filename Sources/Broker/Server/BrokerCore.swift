@@ -24,17 +24,18 @@ public final class BrokerCore: AdminBackend, Sendable {
     /// How long a guest of a paused tenant is told to wait before reporting again.
     public static let pausedRetryAfterMilliseconds: UInt32 = 5_000
 
-    private struct GuestKey: Hashable {
+    /// A guest, by tenant and guest id.
+    struct GuestKey: Hashable, Sendable {
         var tenant: String
         var guest: String
     }
 
-    private struct SessionEntry {
+    struct SessionEntry {
         var sessionID: String
         var control: any SessionControl
     }
 
-    private struct State {
+    struct State {
         var ledger = Ledger()
         /// The policies in force: the configuration's, with `pauseOverrides` applied.
         var policies: PolicySet
@@ -48,12 +49,14 @@ public final class BrokerCore: AdminBackend, Sendable {
         var shuttingDown = false
         var listening: [String] = []
         var handshakeFailures: [String: Int] = [:]
+        /// Attached memory, discard inhibits, per-guest pauses and punch figures.
+        var memory = MemoryTable()
     }
 
     public let version: String
     /// Guest sessions the broker holds at once; one more is refused at its hello.
     public let maxSessions: Int
-    private let state: Mutex<State>
+    let state: Mutex<State>
     private let clock: @Sendable () -> Duration
     private let started: Duration
 
@@ -182,21 +185,45 @@ public final class BrokerCore: AdminBackend, Sendable {
         }
     }
 
-    /// Accounts a validated report: tenant pause, rate limit, then the ledger.
-    public func account(
-        _ identity: GuestIdentity,
-        blocks: [ReportedBlock]
-    ) -> (reason: Pagebroker_V1_ReasonCode, retryAfterMilliseconds: UInt32, message: String) {
+    /// How a report was answered, and how long punching its blocks took when the guest's memory
+    /// is attached (`nil` otherwise), for the punch histogram.
+    public typealias ReportOutcome = (
+        reason: Pagebroker_V1_ReasonCode, retryAfterMilliseconds: UInt32, message: String, punchDuration: Duration?
+    )
+
+    /// What the locked part of ``account(_:sessionID:blocks:)`` decided.
+    enum ReportStep {
+        /// Answered (accounted, or refused).
+        case done(ReportOutcome)
+        /// The guest's memory is attached: punch these blocks, then account them.
+        case punch(MemoryAttachment)
+    }
+
+    /// Accounts a validated report: tenant and guest pause, rate limit, then, for a guest with
+    /// memory attached, the discard (inhibit, then the punch), then the ledger.
+    ///
+    /// - Parameter sessionID: the reporting session; with memory attached, a session that a
+    ///   newer one replaced may no longer punch (its successor's hello promised that).
+    public func account(_ identity: GuestIdentity, sessionID: String? = nil, blocks: [ReportedBlock]) -> ReportOutcome {
+        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
+        switch self.reportStep(identity, sessionID: sessionID, blocks: blocks) {
+        case .done(let outcome):
+            return outcome
+        case .punch(let attachment):
+            return self.punchAndAccount(key, attachment: attachment, blocks: blocks)
+        }
+    }
+
+    /// The locked part of ``account(_:sessionID:blocks:)``: every check, and the ledger when
+    /// nothing is to be punched. A `.punch` step counts as in flight until ``punchAndAccount``.
+    func reportStep(_ identity: GuestIdentity, sessionID: String?, blocks: [ReportedBlock]) -> ReportStep {
         let now = self.clock()
+        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
         return self.state.withLock { state in
             let tenant = identity.tenant
-            func failed(
-                _ reason: Pagebroker_V1_ReasonCode,
-                _ retry: UInt32,
-                _ message: String
-            ) -> (Pagebroker_V1_ReasonCode, UInt32, String) {
+            func failed(_ reason: Pagebroker_V1_ReasonCode, _ retry: UInt32, _ message: String) -> ReportStep {
                 state.ledger.recordReportFailure(tenant: tenant, reason: reason.code)
-                return (reason, retry, message)
+                return .done((reason, retry, message, nil))
             }
             if state.shuttingDown { return failed(.shuttingDown, 0, "broker is shutting down") }
             guard let policy = state.policies.policy(for: tenant) else {
@@ -208,6 +235,13 @@ public final class BrokerCore: AdminBackend, Sendable {
             }
             if policy.paused {
                 return failed(.tenantPaused, Self.pausedRetryAfterMilliseconds, "tenant \(tenant) is paused")
+            }
+            if state.memory.pausedGuests.contains(key) {
+                return failed(
+                    .guestPaused,
+                    Self.pausedRetryAfterMilliseconds,
+                    "guest \(tenant)/\(identity.guest) is paused"
+                )
             }
             if let rate = policy.maxReportsPerSecond {
                 var bucket =
@@ -229,13 +263,37 @@ public final class BrokerCore: AdminBackend, Sendable {
                     )
                 }
             }
+            if let attached = state.memory.attached[key] {
+                if let reason = state.memory.inhibitReason(key) {
+                    return failed(
+                        .discardInhibited,
+                        Self.pausedRetryAfterMilliseconds,
+                        "discard is inhibited for guest \(tenant)/\(identity.guest) (\(reason))"
+                    )
+                }
+                if let sessionID, state.sessions[key]?.sessionID != sessionID {
+                    return failed(.sessionReplaced, 0, "a newer session of this guest took over")
+                }
+                let geometry = state.ledger.guest(tenant: tenant, guest: identity.guest)?.pageSize
+                guard geometry == Int(attached.attachment.pageSize) else {
+                    return failed(
+                        .backendFailed,
+                        Self.discardFailureRetryAfterMilliseconds,
+                        "the memory attached for this guest has page size \(attached.attachment.pageSize); the session's is \(geometry.map(String.init) ?? "unknown")"
+                    )
+                }
+                // Counted before the lock is released, so a hello that arrives while this report
+                // is being punched waits for it (see `whenPriorReportsSettled`).
+                state.memory.inFlight[key, default: 0] += 1
+                return .punch(attached.attachment)
+            }
             do {
                 _ = try state.ledger.report(
                     tenant: tenant,
                     guest: identity.guest,
                     ranges: blocks.lazy.map { $0.frame..<($0.frame + (1 << $0.order)) }
                 )
-                return (.ok, 0, "")
+                return .done((.ok, 0, "", nil))
             } catch {
                 return failed(.backendFailed, 1000, "\(error)")
             }
@@ -312,17 +370,44 @@ public final class BrokerCore: AdminBackend, Sendable {
     }
 
     public func tenants() -> [TenantSnapshot] {
-        self.state.withLock { state in
+        let memory = self.memoryFigures()
+        var byTenant: [String: (resident: Int, discarded: Int, failures: [String: Int])] = [:]
+        for (name, figures) in memory {
+            let tenant = String(name.prefix { $0 != "/" })
+            var sums = byTenant[tenant] ?? (0, 0, [:])
+            sums.resident = sums.resident.addingSaturating(Int(clamping: figures.residentBytes ?? 0))
+            sums.discarded = sums.discarded.addingSaturating(Int(clamping: figures.discardedBytes))
+            sums.failures.merge(figures.failuresByErrno) { $0.addingSaturating($1) }
+            byTenant[tenant] = sums
+        }
+        return self.state.withLock { state in
             state.ledger.tenants().map { snapshot in
                 var snapshot = snapshot
                 snapshot.paused = state.policies.policy(for: snapshot.tenant)?.paused ?? false
+                if let sums = byTenant[snapshot.tenant] {
+                    snapshot.residentBytes = sums.resident
+                    snapshot.discardedBytes = sums.discarded
+                    snapshot.discardFailuresByErrno = sums.failures
+                }
                 return snapshot
             }
         }.sorted { $0.tenant < $1.tenant }
     }
 
     public func guests(tenant: String?) -> [GuestSnapshot] {
-        self.state.withLock { $0.ledger.guests(tenant: tenant) }.sorted {
+        let memory = self.memoryFigures()
+        return self.state.withLock { $0.ledger.guests(tenant: tenant) }.map { snapshot in
+            var snapshot = snapshot
+            if let figures = memory["\(snapshot.tenant)/\(snapshot.guest)"] {
+                snapshot.memoryAttached = figures.attached
+                snapshot.residentBytes = figures.residentBytes.map { Int(clamping: $0) }
+                snapshot.discardedBytes = Int(clamping: figures.discardedBytes)
+                snapshot.discardFailuresByErrno = figures.failuresByErrno
+                snapshot.discardInhibitedBy = figures.inhibitedBy
+                snapshot.paused = figures.paused
+            }
+            return snapshot
+        }.sorted {
             ($0.tenant, $0.guest) < ($1.tenant, $1.guest)
         }
     }

@@ -190,23 +190,25 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                         "agent": "\(geometry.agentVersion)",
                     ]
                 )
-                self.perform(
-                    self.machine.admitted(
-                        sessionID: sessionID,
-                        tenant: identity.tenant,
-                        guest: identity.guest,
-                        now: self.core.now
-                    )
-                )
-                // The ServerHello went out under the old limit; everything after uses the new one.
-                self.limit.maxFrameSize = Int(self.machine.maxFrameSize)
+                // The hello says `prior_reports_settled` only once no report of a session this
+                // one replaced is being punched (at once, unless one is in flight right now).
+                let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+                self.core.whenPriorReportsSettled(identity) {
+                    let eventLoop = loopBound.eventLoop
+                    if eventLoop.inEventLoop {
+                        loopBound.value.sendServerHello(sessionID: sessionID, identity: identity)
+                    } else {
+                        eventLoop.execute { loopBound.value.sendServerHello(sessionID: sessionID, identity: identity) }
+                    }
+                }
             case .refused(let code, let message):
                 self.logger.notice("guest refused: \(message)")
                 self.perform(self.machine.refused(code: code, message: message))
             }
         case .account(let seq, let blocks):
             guard let identity = self.identity else { return }
-            let outcome = self.core.account(identity, blocks: blocks)
+            let outcome = self.core.account(identity, sessionID: self.sessionID, blocks: blocks)
+            if let punched = outcome.punchDuration { self.metrics?.recordPunch(punched) }
             self.perform(
                 self.machine.reportAccounted(
                     seq: seq,
@@ -231,6 +233,21 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                 self.perform(self.machine.fail(.backendFailed, "sync: \(error)"))
             }
         }
+    }
+
+    /// Answers the hello of an admitted guest.
+    private func sendServerHello(sessionID: String, identity: GuestIdentity) {
+        self.perform(
+            self.machine.admitted(
+                sessionID: sessionID,
+                tenant: identity.tenant,
+                guest: identity.guest,
+                priorReportsSettled: true,
+                now: self.core.now
+            )
+        )
+        // The ServerHello went out under the old limit; everything after uses the new one.
+        self.limit.maxFrameSize = Int(self.machine.maxFrameSize)
     }
 
     /// Lets the ``BrokerCore`` end this session from any thread.

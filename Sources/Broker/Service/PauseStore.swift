@@ -21,11 +21,18 @@ public struct PauseStore: Sendable {
         var format: Int
         /// Tenant → `paused` or `resumed`.
         var tenants: [String: String]
+        /// Guests paused on their own, as `tenant/guest` (absent in files of older brokers).
+        var guests: [String]?
     }
 
     /// The overrides on disk (tenant → paused); empty when none were saved yet.
     public func load() throws(StateError) -> [String: Bool] {
-        guard FileManager.default.fileExists(atPath: self.path) else { return [:] }
+        try self.loadAll().tenants
+    }
+
+    /// The tenant overrides and the paused guests (`tenant/guest`) on disk.
+    public func loadAll() throws(StateError) -> (tenants: [String: Bool], guests: Set<String>) {
+        guard FileManager.default.fileExists(atPath: self.path) else { return ([:], []) }
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: self.path))
@@ -54,7 +61,15 @@ public struct PauseStore: Sendable {
                 )
             }
         }
-        return overrides
+        var guests: Set<String> = []
+        for entry in file.guests ?? [] {
+            let parts = entry.split(separator: "/", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw StateError(.corrupt, path: self.path, "guest '\(entry)' is not tenant/guest")
+            }
+            guests.insert(entry)
+        }
+        return (overrides, guests)
     }
 
     /// Checks, without changing anything, that a pause could be saved: the directory is a
@@ -81,8 +96,12 @@ public struct PauseStore: Sendable {
 
     /// Replaces the file atomically (a temporary file renamed over it), creating the directory
     /// (mode 0700) when it is missing.
-    public func save(_ overrides: [String: Bool]) throws(StateError) {
-        let file = File(format: 1, tenants: overrides.mapValues { $0 ? "paused" : "resumed" })
+    public func save(_ overrides: [String: Bool], pausedGuests: Set<String> = []) throws(StateError) {
+        let file = File(
+            format: 1,
+            tenants: overrides.mapValues { $0 ? "paused" : "resumed" },
+            guests: pausedGuests.isEmpty ? nil : pausedGuests.sorted()
+        )
         do {
             try FileManager.default.createDirectory(
                 atPath: self.directory,

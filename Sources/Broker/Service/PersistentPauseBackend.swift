@@ -26,7 +26,7 @@ public final class PersistentPauseBackend: AdminBackend {
             let before = self.core.pauseOverrides
             try self.core.setPaused(tenant: tenant, paused: paused)
             do {
-                try self.store.save(self.core.pauseOverrides)
+                try self.store.save(self.core.pauseOverrides, pausedGuests: self.core.pausedGuests)
             } catch {
                 self.core.restorePauseOverrides(before)
                 throw AdminError(
@@ -35,5 +35,25 @@ public final class PersistentPauseBackend: AdminBackend {
                 )
             }
         }
+    }
+
+    public func setPaused(tenant: String, guest: String, paused: Bool) throws(AdminError) {
+        try self.saving.withLock { (_) throws(AdminError) in
+            let before = self.core.pausedGuests
+            try self.core.setPaused(tenant: tenant, guest: guest, paused: paused)
+            do {
+                try self.store.save(self.core.pauseOverrides, pausedGuests: self.core.pausedGuests)
+            } catch {
+                self.core.restorePausedGuests(before)
+                throw AdminError(
+                    .internalError,
+                    "guest \(tenant)/\(guest) left as it was: could not save the pause state: \(error)"
+                )
+            }
+        }
+    }
+
+    public func setDiscardInhibited(tenant: String, guest: String, inhibited: Bool, reason: String) throws(AdminError) {
+        try self.core.setDiscardInhibited(tenant: tenant, guest: guest, inhibited: inhibited, reason: reason)
     }
 }

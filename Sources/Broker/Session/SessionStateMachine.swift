@@ -148,7 +148,16 @@ public struct SessionStateMachine: Sendable {
     }
 
     /// The handler admitted the guest: answer its hello.
-    public mutating func admitted(sessionID: String, tenant: String, guest: String, now: Duration) -> Action {
+    ///
+    /// - Parameter priorReportsSettled: the broker guarantees that no report of an earlier
+    ///   session of this guest will be punched after this hello (ServerHello field 13).
+    public mutating func admitted(
+        sessionID: String,
+        tenant: String,
+        guest: String,
+        priorReportsSettled: Bool = false,
+        now: Duration
+    ) -> Action {
         guard case .admitting(let geometry) = self.state else { return .none }
         // Negotiated when the hello was checked; in force from this ServerHello on.
         let frameSize = self.negotiatedFrameSize
@@ -175,6 +184,7 @@ public struct SessionStateMachine: Sendable {
             $0.maxPageSize = ProtocolLimits.maxPageSize
             $0.maxTotalPages = ProtocolLimits.maxTotalPages
             $0.maxPoolBytes = ProtocolLimits.maxPoolBytes
+            $0.priorReportsSettled = priorReportsSettled
         }
         return self.sent(.send(.with { $0.serverHello = hello }), now: now)
     }

@@ -143,6 +143,15 @@ public nonisolated struct Pagebroker_V1_AdminRequest: Sendable {
     set {body = .resume(newValue)}
   }
 
+  /// Inhibit or allow host-side discard for one guest; answered with AdminResponse.ok.
+  public var setDiscardInhibited: Pagebroker_V1_SetDiscardInhibitedRequest {
+    get {
+      if case .setDiscardInhibited(let v)? = body {return v}
+      return Pagebroker_V1_SetDiscardInhibitedRequest()
+    }
+    set {body = .setDiscardInhibited(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -156,6 +165,8 @@ public nonisolated struct Pagebroker_V1_AdminRequest: Sendable {
     case pause(Pagebroker_V1_PauseRequest)
     /// answered with AdminResponse.ok
     case resume(Pagebroker_V1_ResumeRequest)
+    /// Inhibit or allow host-side discard for one guest; answered with AdminResponse.ok.
+    case setDiscardInhibited(Pagebroker_V1_SetDiscardInhibitedRequest)
 
   }
 
@@ -207,6 +218,8 @@ public nonisolated struct Pagebroker_V1_GuestsRequest: Sendable {
 }
 
 /// Pause a tenant: its reports fail with REASON_CODE_TENANT_PAUSED until resumed.
+/// With `guest`, pause that one guest instead: its reports fail with
+/// REASON_CODE_GUEST_PAUSED. Both are kept across broker restarts.
 public nonisolated struct Pagebroker_V1_PauseRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -214,18 +227,63 @@ public nonisolated struct Pagebroker_V1_PauseRequest: Sendable {
 
   public var tenant: String = String()
 
+  public var guest: String {
+    get {_guest ?? String()}
+    set {_guest = newValue}
+  }
+  /// Returns true if `guest` has been explicitly set.
+  public var hasGuest: Bool {self._guest != nil}
+  /// Clears the value of `guest`. Subsequent reads from it will return its default value.
+  public mutating func clearGuest() {self._guest = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _guest: String? = nil
 }
 
-/// Resume a paused tenant. Resuming a tenant that is not paused is not an error.
+/// Resume a paused tenant (or, with `guest`, a paused guest). Resuming one that is
+/// not paused is not an error.
 public nonisolated struct Pagebroker_V1_ResumeRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var tenant: String = String()
+
+  public var guest: String {
+    get {_guest ?? String()}
+    set {_guest = newValue}
+  }
+  /// Returns true if `guest` has been explicitly set.
+  public var hasGuest: Bool {self._guest != nil}
+  /// Clears the value of `guest`. Subsequent reads from it will return its default value.
+  public mutating func clearGuest() {self._guest = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _guest: String? = nil
+}
+
+/// While inhibited, the guest's reports fail with REASON_CODE_DISCARD_INHIBITED
+/// instead of being punched. Holds whether or not memory is attached now; the
+/// attaching process's own inhibit (memory socket) is separate: either inhibits.
+public nonisolated struct Pagebroker_V1_SetDiscardInhibitedRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tenant: String = String()
+
+  public var guest: String = String()
+
+  public var inhibited: Bool = false
+
+  /// Why, for logs and `pagebrokerctl guests`.
+  public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -377,6 +435,16 @@ public nonisolated struct Pagebroker_V1_TenantStatus: Sendable {
   /// The tenant is paused: its reports fail with REASON_CODE_TENANT_PAUSED.
   public var paused: Bool = false
 
+  /// Host-side discard: the sum over the tenant's guests with memory attached of the
+  /// kernel's allocated bytes of their memory (st_blocks * 512, read when asked).
+  public var residentBytes: UInt64 = 0
+
+  /// Bytes punched out of the tenant's guests' memory since the broker started.
+  public var discardedBytes: UInt64 = 0
+
+  /// Punches that failed, keyed by errno name ("EPERM").
+  public var discardFailuresByErrno: Dictionary<String,UInt64> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -419,9 +487,36 @@ public nonisolated struct Pagebroker_V1_GuestStatus: Sendable {
   /// A sync after (re)connect is in progress, so the figures are not final yet.
   public var syncing: Bool = false
 
+  /// The guest's memory is attached on the memory socket (host-side discard).
+  public var memoryAttached: Bool = false
+
+  /// With memory attached: the kernel's allocated bytes of it (st_blocks * 512).
+  public var residentBytes: UInt64 {
+    get {_residentBytes ?? 0}
+    set {_residentBytes = newValue}
+  }
+  /// Returns true if `residentBytes` has been explicitly set.
+  public var hasResidentBytes: Bool {self._residentBytes != nil}
+  /// Clears the value of `residentBytes`. Subsequent reads from it will return its default value.
+  public mutating func clearResidentBytes() {self._residentBytes = nil}
+
+  /// Bytes punched out of the guest's memory since the broker started.
+  public var discardedBytes: UInt64 = 0
+
+  /// Punches that failed, keyed by errno name.
+  public var discardFailuresByErrno: Dictionary<String,UInt64> = [:]
+
+  /// Why discard is inhibited ("pagebrokerctl: snapshot"); empty when it is not.
+  public var discardInhibitedBy: String = String()
+
+  /// The guest itself is paused (pagebrokerctl pause TENANT GUEST).
+  public var paused: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _residentBytes: UInt64? = nil
 }
 
 /// The request was carried out.
@@ -461,7 +556,7 @@ nonisolated extension Pagebroker_V1_AdminErrorCode: SwiftProtobuf._ProtoNameProv
 
 nonisolated extension Pagebroker_V1_AdminRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AdminRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}tenants\0\u{1}guests\0\u{1}pause\0\u{1}resume\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}status\0\u{1}tenants\0\u{1}guests\0\u{1}pause\0\u{1}resume\0\u{3}set_discard_inhibited\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -534,6 +629,19 @@ nonisolated extension Pagebroker_V1_AdminRequest: SwiftProtobuf.Message, SwiftPr
           self.body = .resume(v)
         }
       }()
+      case 6: try {
+        var v: Pagebroker_V1_SetDiscardInhibitedRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .setDiscardInhibited(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .setDiscardInhibited(v)
+        }
+      }()
       default: break
       }
     }
@@ -564,6 +672,10 @@ nonisolated extension Pagebroker_V1_AdminRequest: SwiftProtobuf.Message, SwiftPr
     case .resume?: try {
       guard case .resume(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .setDiscardInhibited?: try {
+      guard case .setDiscardInhibited(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     }()
     case nil: break
     }
@@ -651,7 +763,7 @@ nonisolated extension Pagebroker_V1_GuestsRequest: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Pagebroker_V1_PauseRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PauseRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guest\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -660,20 +772,29 @@ nonisolated extension Pagebroker_V1_PauseRequest: SwiftProtobuf.Message, SwiftPr
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._guest) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.tenant.isEmpty {
       try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 1)
     }
+    try { if let v = self._guest {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Pagebroker_V1_PauseRequest, rhs: Pagebroker_V1_PauseRequest) -> Bool {
     if lhs.tenant != rhs.tenant {return false}
+    if lhs._guest != rhs._guest {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -681,7 +802,7 @@ nonisolated extension Pagebroker_V1_PauseRequest: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Pagebroker_V1_ResumeRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResumeRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guest\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -690,6 +811,48 @@ nonisolated extension Pagebroker_V1_ResumeRequest: SwiftProtobuf.Message, SwiftP
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self._guest) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.tenant.isEmpty {
+      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 1)
+    }
+    try { if let v = self._guest {
+      try visitor.visitSingularStringField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Pagebroker_V1_ResumeRequest, rhs: Pagebroker_V1_ResumeRequest) -> Bool {
+    if lhs.tenant != rhs.tenant {return false}
+    if lhs._guest != rhs._guest {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Pagebroker_V1_SetDiscardInhibitedRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetDiscardInhibitedRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guest\0\u{1}inhibited\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.guest) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.inhibited) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
       default: break
       }
     }
@@ -699,11 +862,23 @@ nonisolated extension Pagebroker_V1_ResumeRequest: SwiftProtobuf.Message, SwiftP
     if !self.tenant.isEmpty {
       try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 1)
     }
+    if !self.guest.isEmpty {
+      try visitor.visitSingularStringField(value: self.guest, fieldNumber: 2)
+    }
+    if self.inhibited != false {
+      try visitor.visitSingularBoolField(value: self.inhibited, fieldNumber: 3)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Pagebroker_V1_ResumeRequest, rhs: Pagebroker_V1_ResumeRequest) -> Bool {
+  public static func ==(lhs: Pagebroker_V1_SetDiscardInhibitedRequest, rhs: Pagebroker_V1_SetDiscardInhibitedRequest) -> Bool {
     if lhs.tenant != rhs.tenant {return false}
+    if lhs.guest != rhs.guest {return false}
+    if lhs.inhibited != rhs.inhibited {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -939,7 +1114,7 @@ nonisolated extension Pagebroker_V1_TenantList: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TenantStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guests\0\u{3}guests_connected\0\u{3}reclaimable_bytes\0\u{3}reports_ok\0\u{3}reports_failed\0\u{3}reports_failed_by_reason\0\u{3}bytes_reported\0\u{3}bytes_reused\0\u{1}paused\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}guests\0\u{3}guests_connected\0\u{3}reclaimable_bytes\0\u{3}reports_ok\0\u{3}reports_failed\0\u{3}reports_failed_by_reason\0\u{3}bytes_reported\0\u{3}bytes_reused\0\u{1}paused\0\u{3}resident_bytes\0\u{3}discarded_bytes\0\u{3}discard_failures_by_errno\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -957,6 +1132,9 @@ nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftPr
       case 8: try { try decoder.decodeSingularUInt64Field(value: &self.bytesReported) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.bytesReused) }()
       case 10: try { try decoder.decodeSingularBoolField(value: &self.paused) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.residentBytes) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.discardedBytes) }()
+      case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.discardFailuresByErrno) }()
       default: break
       }
     }
@@ -993,6 +1171,15 @@ nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftPr
     if self.paused != false {
       try visitor.visitSingularBoolField(value: self.paused, fieldNumber: 10)
     }
+    if self.residentBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.residentBytes, fieldNumber: 11)
+    }
+    if self.discardedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.discardedBytes, fieldNumber: 12)
+    }
+    if !self.discardFailuresByErrno.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.discardFailuresByErrno, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1007,6 +1194,9 @@ nonisolated extension Pagebroker_V1_TenantStatus: SwiftProtobuf.Message, SwiftPr
     if lhs.bytesReported != rhs.bytesReported {return false}
     if lhs.bytesReused != rhs.bytesReused {return false}
     if lhs.paused != rhs.paused {return false}
+    if lhs.residentBytes != rhs.residentBytes {return false}
+    if lhs.discardedBytes != rhs.discardedBytes {return false}
+    if lhs.discardFailuresByErrno != rhs.discardFailuresByErrno {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1044,7 +1234,7 @@ nonisolated extension Pagebroker_V1_GuestList: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Pagebroker_V1_GuestStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GuestStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}guest\0\u{1}tenant\0\u{1}connected\0\u{3}reclaimable_bytes\0\u{1}frames\0\u{1}ranges\0\u{3}page_size\0\u{1}syncing\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}guest\0\u{1}tenant\0\u{1}connected\0\u{3}reclaimable_bytes\0\u{1}frames\0\u{1}ranges\0\u{3}page_size\0\u{1}syncing\0\u{3}memory_attached\0\u{3}resident_bytes\0\u{3}discarded_bytes\0\u{3}discard_failures_by_errno\0\u{3}discard_inhibited_by\0\u{1}paused\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1060,12 +1250,22 @@ nonisolated extension Pagebroker_V1_GuestStatus: SwiftProtobuf.Message, SwiftPro
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.ranges) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.pageSize) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.syncing) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.memoryAttached) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self._residentBytes) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.discardedBytes) }()
+      case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.discardFailuresByErrno) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.discardInhibitedBy) }()
+      case 14: try { try decoder.decodeSingularBoolField(value: &self.paused) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.guest.isEmpty {
       try visitor.visitSingularStringField(value: self.guest, fieldNumber: 1)
     }
@@ -1090,6 +1290,24 @@ nonisolated extension Pagebroker_V1_GuestStatus: SwiftProtobuf.Message, SwiftPro
     if self.syncing != false {
       try visitor.visitSingularBoolField(value: self.syncing, fieldNumber: 8)
     }
+    if self.memoryAttached != false {
+      try visitor.visitSingularBoolField(value: self.memoryAttached, fieldNumber: 9)
+    }
+    try { if let v = self._residentBytes {
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 10)
+    } }()
+    if self.discardedBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.discardedBytes, fieldNumber: 11)
+    }
+    if !self.discardFailuresByErrno.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.discardFailuresByErrno, fieldNumber: 12)
+    }
+    if !self.discardInhibitedBy.isEmpty {
+      try visitor.visitSingularStringField(value: self.discardInhibitedBy, fieldNumber: 13)
+    }
+    if self.paused != false {
+      try visitor.visitSingularBoolField(value: self.paused, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1102,6 +1320,12 @@ nonisolated extension Pagebroker_V1_GuestStatus: SwiftProtobuf.Message, SwiftPro
     if lhs.ranges != rhs.ranges {return false}
     if lhs.pageSize != rhs.pageSize {return false}
     if lhs.syncing != rhs.syncing {return false}
+    if lhs.memoryAttached != rhs.memoryAttached {return false}
+    if lhs._residentBytes != rhs._residentBytes {return false}
+    if lhs.discardedBytes != rhs.discardedBytes {return false}
+    if lhs.discardFailuresByErrno != rhs.discardFailuresByErrno {return false}
+    if lhs.discardInhibitedBy != rhs.discardInhibitedBy {return false}
+    if lhs.paused != rhs.paused {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
