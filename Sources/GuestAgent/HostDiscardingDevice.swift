@@ -41,7 +41,11 @@ public final class HostDiscardingDevice: PageReportingDevice {
         case .pending:
             // Decided before the first session becomes active, and never changed back: a report
             // before that could not be sent anyway, and must not go out undecided.
-            throw AgentError(code: .notConnected, message: "no session yet (host discard not attached)")
+            throw AgentError(
+                code: .notConnected,
+                retryAfter: self.remote.failureBackoffInitial,
+                message: "no session yet (host discard not attached)"
+            )
         case .host:
             break
         }

@@ -31,11 +31,15 @@ public struct QuarantineStateMachine: Sendable {
         public var reports = 0
         /// Frames of those reports.
         public var frames = 0
+        /// Blocks the broker accepted after all (a late `OK`): punched, so mark them discarded
+        /// before the pageblocks come back.
+        public var discarded: [ReportEntry] = []
 
-        public init(pageblocks: [Int] = [], reports: Int = 0, frames: Int = 0) {
+        public init(pageblocks: [Int] = [], reports: Int = 0, frames: Int = 0, discarded: [ReportEntry] = []) {
             self.pageblocks = pageblocks
             self.reports = reports
             self.frames = frames
+            self.discarded = discarded
         }
 
         /// Whether anything came back.
@@ -62,6 +66,7 @@ public struct QuarantineStateMachine: Sendable {
 
     private struct Held: Sendable {
         var generation: Int
+        var blocks: [ReportEntry]
         var pageblocks: [Int]
         var frames: Int
     }
@@ -135,7 +140,7 @@ public struct QuarantineStateMachine: Sendable {
                 self.pageblockHolders[pageblock] = holders + 1
             }
         }
-        self.held[token] = Held(generation: generation, pageblocks: pageblocks, frames: frames)
+        self.held[token] = Held(generation: generation, blocks: blocks, pageblocks: pageblocks, frames: frames)
         self.figures.reports += 1
         self.figures.frames += frames
         self.figures.pageblocks = self.pageblockHolders.count
@@ -144,8 +149,8 @@ public struct QuarantineStateMachine: Sendable {
     }
 
     /// The result of report `token` arrived after the agent stopped waiting for it: the broker
-    /// has finished with it, so its frames may come back (accepted or not: the engine reports
-    /// free blocks again, so memory punched late is counted again by the next report).
+    /// has finished with it, so its frames may come back. Accepted, they were punched: the
+    /// release says to mark them discarded first (the resynchronising sync then carries them).
     public mutating func lateResult(token: UInt64, accepted: Bool) -> Release {
         guard let entry = self.held.removeValue(forKey: token) else {
             // The device has not taken its decision yet: it will find the answer.
@@ -154,6 +159,7 @@ public struct QuarantineStateMachine: Sendable {
         }
         var release = Release()
         self.release(entry, into: &release)
+        if accepted { release.discarded = entry.blocks }
         self.figures.releasedByLateResult += 1
         return release
     }

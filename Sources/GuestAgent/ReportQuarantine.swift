@@ -11,8 +11,9 @@ import Synchronization
 /// their pageblocks (``BuddyAllocator/isolatePageblock(frame:)``, the allocator's own
 /// `MIGRATE_ISOLATE`); the engine's error path then puts the blocks back as the kernel does, and
 /// they land on the isolate free lists, which neither allocation nor reporting touches. Release
-/// undoes the isolation with the pageblock's previous migratetype, and asks the engine for a pass
-/// (``onRelease``) so that the frames are reported again. A pageblock is the unit: with a
+/// marks the frames of a report accepted late as discarded (they were punched), undoes the
+/// isolation with the pageblock's previous migratetype, and asks the engine for a pass (the
+/// release handler) so that frames of unknown state are reported again. A pageblock is the unit: with a
 /// reporting order below the pageblock order the other free frames of that pageblock, and frames
 /// freed into it meanwhile, are held too (safe; they come back with it).
 ///
@@ -100,6 +101,10 @@ public final class ReportQuarantine: Sendable {
     private func perform(_ step: (inout QuarantineStateMachine) -> QuarantineStateMachine.Release) {
         let release = self.state.withLock { state in
             let release = step(&state.machine)
+            // While the pageblocks are still isolated: nothing can allocate these frames yet.
+            for block in release.discarded {
+                _ = try? self.allocator.markDiscardedInIsolatedPageblocks(frames: block.frames)
+            }
             for pageblock in release.pageblocks {
                 guard state.foreign.remove(pageblock) == nil else { continue }
                 let previous = state.previousTypes.removeValue(forKey: pageblock) ?? .movable

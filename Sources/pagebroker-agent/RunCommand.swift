@@ -81,6 +81,12 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Print one JSON object at exit.")
     var json = false
 
+    @Flag(
+        help:
+            "With host discard: after the run (figures printed), keep the memory attached until standard input closes, so that the broker's figures can be read against the kernel's."
+    )
+    var linger = false
+
     /// The page size: the huge page size for hugetlb, else --page-size (4 KiB by default).
     var pageSize: Int { (try? resolvePageSize(self.backing, requested: self.pageSizeOption)) ?? 4096 }
 
@@ -244,7 +250,6 @@ struct RunCommand: ParsableCommand {
             logger.warning("closing the broker connection failed", metadata: ["error": "\(error)"])
         }
         hostDiscard?.quarantine?.setReleaseHandler(nil)
-        hostDiscard?.attachment.detach()
         let result = figures.result(
             seconds: Units.seconds(ContinuousClock.now - started),
             workload: self.workload.rawValue,
@@ -262,6 +267,13 @@ struct RunCommand: ParsableCommand {
             var stdout = FileHandleStream.standardOutput
             stdout.write(result.json() + "\n")
         }
+        if self.linger, let hostDiscard {
+            logger.notice("run done; the memory stays attached until standard input closes")
+            var byte: UInt8 = 0
+            while read(0, &byte, 1) > 0 {}
+            hostDiscard.attachment.detach()
+        }
+        hostDiscard?.attachment.detach()
         if result.invariants != "ok" || result.isolatedPages != 0 || result.integrityErrors != 0 {
             throw ExitCode.failure
         }

@@ -179,6 +179,15 @@ struct HostDiscardTests {
         broker.answerHeld(.ok)
         #expect(waitUntil { guest.hostDiscard.quarantine!.figures.releasedByLateResult == 1 })
         #expect(guest.hostDiscard.quarantine!.figures.reports == 0)
+        // Accepted late: the broker punched them, so the record says discarded (and the
+        // resynchronising session's sync carries them).
+        #expect(held.allSatisfy { guest.allocator.frameInfo($0)?.isDiscarded == true })
+        try broker.waitFor { frames in
+            frames.contains { received in
+                guard case .sync(let sync) = received.frame.body, received.connection == 2 else { return false }
+                return sync.ranges.count >= 2 && sync.ranges[1] > 0
+            }
+        }
         #expect(guest.hostDiscard.quarantine!.quarantinedBytes == 0)
         #expect(guest.allocatableFrames().isSuperset(of: held))
         guest.checkClean()

@@ -19,6 +19,7 @@ struct QuarantineStateMachineTests {
         #expect(machine.figures.frames == 1024 + 512)
         #expect(machine.figures.pageblocks == 3)
         let release = machine.lateResult(token: 1, accepted: true)
+        #expect(release.discarded == [entry(1024, 10), entry(4096, 9)])
         #expect(Set(release.pageblocks) == [1024, 1536, 4096])
         #expect(release.reports == 1 && release.frames == 1536)
         #expect(machine.figures.reports == 0 && machine.figures.frames == 0 && machine.figures.pageblocks == 0)
@@ -51,7 +52,8 @@ struct QuarantineStateMachineTests {
         machine.sent(token: 2, generation: 1)
         #expect(machine.abandoned(token: 1, blocks: [entry(0, 0)]) == .quarantine(isolate: [0]))
         #expect(machine.abandoned(token: 2, blocks: [entry(8, 3)]) == .quarantine(isolate: []))
-        #expect(machine.lateResult(token: 1, accepted: false).pageblocks.isEmpty)
+        let refused = machine.lateResult(token: 1, accepted: false)
+        #expect(refused.pageblocks.isEmpty && refused.discarded.isEmpty)
         #expect(machine.figures.frames == 8)
         #expect(machine.lateResult(token: 2, accepted: false).pageblocks == [0])
     }
