@@ -71,7 +71,16 @@ public final class HostDiscardingDevice: PageReportingDevice {
             switch quarantine.abandoned(token: token, batch: batch) {
             case .resolved(accepted: true):
                 return
-            case .resolved(accepted: false), .quarantine:
+            case .resolved(accepted: false):
+                throw error
+            case .quarantine:
+                self.remote.connection.logger.notice(
+                    "report unanswered: its frames are quarantined until the broker can no longer discard them",
+                    metadata: [
+                        "frames": "\(batch.frameCount)", "error": "\(error)",
+                        "quarantined_bytes": "\(quarantine.quarantinedBytes)",
+                    ]
+                )
                 throw error
             }
         } catch {
