@@ -147,6 +147,11 @@ struct InhibitCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inhibit",
         abstract: "Inhibit host-side discard for a guest: its reports fail with discard_inhibited.",
+        // The generated usage line is 92 columns; the parser does not wrap it (see `top`).
+        usage: """
+            pagebrokerctl inhibit [--socket <path>] <tenant> <guest>
+            [--reason <reason>] [--json]
+            """,
         discussion: """
             For memory that must not be punched now (pinned for a passthrough device, a snapshot \
             in progress). Until allow-discard; not kept across broker restarts.

@@ -25,8 +25,16 @@ import Testing
 
     static let twoMiB = 2 << 20
 
-    func startBroker(directory: String? = nil) throws -> BrokerProcess {
-        try BrokerProcess(directory: directory, configuration: Self.configuration)
+    /// A broker whose memory socket is there: it is bound after the guest listener, whose log
+    /// line `BrokerProcess` waits for.
+    func startBroker(directory: String? = nil, extraArguments: [String] = []) async throws -> BrokerProcess {
+        let broker = try BrokerProcess(
+            extraArguments: extraArguments,
+            directory: directory,
+            configuration: Self.configuration
+        )
+        #expect(await broker.waitForLog("memory socket listening"))
+        return broker
     }
 
     func socket(_ broker: BrokerProcess) -> String { "\(broker.directory)/memory.sock" }
@@ -66,7 +74,7 @@ import Testing
     }
 
     @Test func everyRefusalHasItsCode() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         let path = memfd.procPath
         // Nobody must reach the socket file to be refused by the broker rather than by its mode.
@@ -138,8 +146,16 @@ import Testing
         #expect(broker.terminate() == 0)
     }
 
+    /// The broker's metrics exposition (it was started with `--metrics-listen 127.0.0.1:0`).
+    func scrape(_ broker: BrokerProcess) async throws -> String {
+        let (status, output) = try self.ctl(broker, ["status", "--json"])
+        #expect(status == 0)
+        let match = try #require(output.firstMatch(of: /http:\/\/127\.0\.0\.1:(\d+)\/metrics/))
+        return try await MetricsEndToEndTests.get(port: Int(match.1)!, path: "/metrics").body
+    }
+
     @Test func reportToAttachedGuestIsPunchedBeforeItsOK() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker(extraArguments: ["--metrics-listen", "127.0.0.1:0"])
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 4096)
         let before = memfd.allocatedBytes
@@ -167,6 +183,18 @@ import Testing
         #expect(figures["memory_attached"] as? Bool == true)
         #expect(figures["resident_bytes"] as? Int == memfd.allocatedBytes)
         #expect(figures["discarded_bytes"] as? Int == 3 * Self.twoMiB)
+        // The same figures in the metrics: the kernel's resident bytes, what was punched, one
+        // punch timed.
+        let exposition = try await self.scrape(broker)
+        #expect(
+            MetricsEndToEndTests.sample(exposition, #"pagebroker_resident_bytes{tenant="t1"}"#)
+                == Double(memfd.allocatedBytes)
+        )
+        #expect(
+            MetricsEndToEndTests.sample(exposition, #"pagebroker_discarded_bytes_total{tenant="t1"}"#)
+                == Double(3 * Self.twoMiB)
+        )
+        #expect(MetricsEndToEndTests.sample(exposition, "pagebroker_discard_punch_seconds_count") == 1)
 
         // The broker never maps guest memory.
         let maps = try String(contentsOfFile: "/proc/\(broker.process.processIdentifier)/maps", encoding: .utf8)
@@ -186,7 +214,7 @@ import Testing
     }
 
     @Test func failedPunchFailsTheReportAndChangesNothing() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 1024)
         let attacher = try MemoryAttacher(
@@ -218,7 +246,7 @@ import Testing
     }
 
     @Test func inhibitByTheAttacherAndByPagebrokerctl() async throws {
-        let broker = try self.startBroker()
+        let broker = try await self.startBroker()
         let memfd = try TestMemfd()
         memfd.fill(frames: 0, count: 2048)
         let attacher = try MemoryAttacher(
@@ -256,7 +284,7 @@ import Testing
     }
 
     @Test func guestPauseOutlivesARestart() async throws {
-        var broker = try self.startBroker()
+        var broker = try await self.startBroker()
         let directory = broker.directory
         #expect(try self.ctl(broker, ["pause", "t1", "g2"]).status == 0)
         var paused = try await RawGuest.connect(port: broker.port, tenant: "t1", guest: "g2")

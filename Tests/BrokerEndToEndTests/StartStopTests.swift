@@ -254,7 +254,7 @@ import Testing
         try Self.expectRefused(
             scratch.arguments(),
             "pagebrokerd: \(scratch.config): line 4: tenants.acme.max_guest: unknown key; "
-                + "known here: burst, max_guests, max_reports_per_second, paused"
+                + "known here: burst, max_guests, max_reports_per_second, memory, paused"
         )
     }
 

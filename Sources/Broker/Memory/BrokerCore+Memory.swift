@@ -173,15 +173,19 @@ extension BrokerCore {
         if now { body() }
     }
 
+    /// A punch step that never ran (the thread pool was stopping): no longer in flight, and
+    /// the report counted as failed with `shutting_down`.
+    func finishPunchNotRun(_ key: GuestKey, tenant: String) {
+        let waiters = self.state.withLock { state in
+            state.ledger.recordReportFailure(tenant: tenant, reason: Pagebroker_V1_ReasonCode.shuttingDown.code)
+            return state.memory.finishPunch(key)
+        }
+        for waiter in waiters { waiter() }
+    }
+
     /// The locked step decided to punch: punch outside the lock, then account all or nothing.
-    ///
-    /// The punch runs on the calling session's event loop, not on a thread pool: it is the
-    /// report's own work, done by the kernel without I/O (tmpfs and hugetlbfs free page-cache
-    /// pages), and bounded by the report's size (at most `max_ranges_per_report` blocks). A
-    /// 32 × 2 MiB report takes about a millisecond (docs/benchmarks.md, "discard"): the same
-    /// order as the TLS record it answers, and far below a heartbeat. A hop to a pool and back
-    /// would add two thread switches per report and let results overtake each other, which the
-    /// guest's in-order engine and the all-or-nothing ledger would then have to undo.
+    /// Sessions call this on a thread pool (SessionHandler says why); the report counts as in
+    /// flight for `prior_reports_settled` until it returns.
     func punchAndAccount(
         _ key: GuestKey,
         attachment: MemoryAttachment,

@@ -1,6 +1,7 @@
 import BrokerProtocol
 import Logging
 import NIOCore
+import NIOPosix
 import TLSTransport
 
 /// The channel handler of one guest session: feeds frames and clock ticks to a
@@ -22,6 +23,15 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var context: ChannelHandlerContext?
     private var timer: RepeatedTask?
     private var control: Control?
+    /// A report of this session is being punched on the thread pool: frames that arrive
+    /// meanwhile wait here, so that they are still handled in order (docs/protocol.md: a reuse
+    /// sent after a report is applied after it), and reading pauses until it is done.
+    private var punching = false
+    private var framesWaiting: [Pagebroker_V1_Frame] = []
+    /// The broker began stopping while a punch ran: say goodbye once it is answered.
+    private var shutdownWaiting = false
+    /// Where punches run; see ``startPunch(seq:blocks:attachment:receivedAt:)``.
+    private let punchPool: NIOThreadPool
 
     init(
         core: BrokerCore,
@@ -29,8 +39,10 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         trustDomain: String,
         limit: FrameSizeLimit,
         logger: Logger,
-        metrics: BrokerMetrics? = nil
+        metrics: BrokerMetrics? = nil,
+        punchPool: NIOThreadPool = .singleton
     ) {
+        self.punchPool = punchPool
         self.core = core
         self.trustDomain = trustDomain
         self.limit = limit
@@ -94,6 +106,14 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
+        if self.punching {
+            self.framesWaiting.append(frame)
+            return
+        }
+        self.process(frame)
+    }
+
+    private func process(_ frame: Pagebroker_V1_Frame) {
         let now = self.core.now
         let action = self.machine.receive(frame, now: now)
         // Each answered report is counted exactly once: one the core accounts (`.account`) is
@@ -102,8 +122,10 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         // out of bounds, overlap, replayed, shutting down) is counted here and nowhere else.
         let answersReport: Bool
         switch action {
-        case .account:
-            answersReport = true
+        case .account(let seq, let blocks):
+            // Answered (and timed) in `account`, at once or when its punch is done.
+            self.account(seq: seq, blocks: blocks, receivedAt: now)
+            return
         case .send(let reply):
             guard case .reportResult(let result) = reply.body else {
                 answersReport = false
@@ -206,18 +228,7 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                 self.perform(self.machine.refused(code: code, message: message))
             }
         case .account(let seq, let blocks):
-            guard let identity = self.identity else { return }
-            let outcome = self.core.account(identity, sessionID: self.sessionID, blocks: blocks)
-            if let punched = outcome.punchDuration { self.metrics?.recordPunch(punched) }
-            self.perform(
-                self.machine.reportAccounted(
-                    seq: seq,
-                    reason: outcome.reason,
-                    retryAfterMilliseconds: outcome.retryAfterMilliseconds,
-                    message: outcome.message,
-                    now: self.core.now
-                )
-            )
+            self.account(seq: seq, blocks: blocks, receivedAt: self.core.now)
         case .reuse(let ranges):
             guard let identity = self.identity else { return }
             do {
@@ -233,6 +244,87 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                 self.perform(self.machine.fail(.backendFailed, "sync: \(error)"))
             }
         }
+    }
+
+    // MARK: Reports
+
+    /// Accounts a report the state machine passed on: at once, or, for a guest with memory
+    /// attached, after its punch.
+    private func account(seq: UInt64, blocks: [ReportedBlock], receivedAt: Duration) {
+        guard let identity = self.identity else { return }
+        switch self.core.reportStep(identity, sessionID: self.sessionID, blocks: blocks) {
+        case .done(let outcome):
+            self.answer(seq: seq, outcome, receivedAt: receivedAt)
+        case .punch(let attachment):
+            self.startPunch(seq: seq, blocks: blocks, attachment: attachment, receivedAt: receivedAt)
+        }
+    }
+
+    /// Punches a report on the thread pool, then answers it back on this event loop.
+    ///
+    /// Not on the event loop: the punch is the kernel freeing the report's memory, and a
+    /// 32 × 2 MiB report took 30 ms on a loaded 2-core host (median, scripts/bench-discard,
+    /// docs/benchmarks.md): time every other session on the loop would wait. The session waits
+    /// instead: it stops reading and keeps the frames already decoded, so everything after the
+    /// report is still handled after it, in order, and the results go out in report order.
+    private func startPunch(
+        seq: UInt64,
+        blocks: [ReportedBlock],
+        attachment: MemoryAttachment,
+        receivedAt: Duration
+    ) {
+        guard let context = self.context else { return }
+        self.punching = true
+        context.channel.setOption(.autoRead, value: false).whenFailure { _ in }
+        let core = self.core
+        let key = BrokerCore.GuestKey(tenant: attachment.tenant, guest: attachment.guest)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.punchPool.runIfActive(eventLoop: context.eventLoop) {
+            core.punchAndAccount(key, attachment: attachment, blocks: blocks)
+        }.whenComplete { result in
+            let handler = loopBound.value
+            let outcome: BrokerCore.ReportOutcome
+            switch result {
+            case .success(let punched):
+                outcome = punched
+            case .failure:
+                // The pool is shutting down: nothing was punched or accounted.
+                core.finishPunchNotRun(key, tenant: attachment.tenant)
+                outcome = (.shuttingDown, 0, "broker is shutting down", nil)
+            }
+            handler.finishPunch(seq: seq, outcome, receivedAt: receivedAt)
+        }
+    }
+
+    private func finishPunch(seq: UInt64, _ outcome: BrokerCore.ReportOutcome, receivedAt: Duration) {
+        self.punching = false
+        if let punched = outcome.punchDuration { self.metrics?.recordPunch(punched) }
+        self.answer(seq: seq, outcome, receivedAt: receivedAt)
+        // What arrived meanwhile, in order, until one of those is punched in turn.
+        while !self.punching, !self.framesWaiting.isEmpty {
+            self.process(self.framesWaiting.removeFirst())
+        }
+        guard !self.punching else { return }
+        if self.shutdownWaiting {
+            self.shutdownWaiting = false
+            self.perform(self.machine.finishShutdown())
+        }
+        self.context?.channel.setOption(.autoRead, value: true).whenFailure { _ in }
+    }
+
+    /// Sends a report's result and times its round trip (only reports that got a result are
+    /// timed, so the histogram's count equals the reports counted).
+    private func answer(seq: UInt64, _ outcome: BrokerCore.ReportOutcome, receivedAt: Duration) {
+        self.perform(
+            self.machine.reportAccounted(
+                seq: seq,
+                reason: outcome.reason,
+                retryAfterMilliseconds: outcome.retryAfterMilliseconds,
+                message: outcome.message,
+                now: self.core.now
+            )
+        )
+        self.metrics?.recordReportRoundTrip(self.core.now - receivedAt)
     }
 
     /// Answers the hello of an admitted guest.
@@ -268,9 +360,14 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             let handler = self.handler
             handler.eventLoop.execute {
                 // Every report received so far has been answered (they are accounted as they
-                // arrive), so the goodbye can follow at once.
+                // arrive), so the goodbye can follow at once; unless one is being punched: then
+                // after its result (and the frames that wait behind it).
                 handler.value.machine.beginShutdown()
-                handler.value.perform(handler.value.machine.finishShutdown())
+                if handler.value.punching {
+                    handler.value.shutdownWaiting = true
+                } else {
+                    handler.value.perform(handler.value.machine.finishShutdown())
+                }
             }
         }
     }

@@ -92,9 +92,9 @@ struct PagebrokerctlTests {
             #expect(output.status == 0, "\(output.stderr)")
             #expect(
                 output.stdout == """
-                    TENANT  GUESTS  CONNECTED  RECLAIMABLE  REPORTS OK  FAILED  REPORTED     REUSED
-                    acme         2          2      1.5 GiB        1200       7   4.0 GiB  512.0 MiB
-                    beta         1          0          0 B           0       0       0 B        0 B
+                    TENANT  GUESTS  CONNECTED  RECLAIMABLE  RESIDENT  REPORTS OK  FAILED  REPORTED     REUSED
+                    acme         2          2      1.5 GiB       0 B        1200       7   4.0 GiB  512.0 MiB
+                    beta         1          0          0 B       0 B           0       0       0 B        0 B
 
                     """
             )
@@ -108,10 +108,10 @@ struct PagebrokerctlTests {
             #expect(all.status == 0, "\(all.stderr)")
             #expect(
                 all.stdout == """
-                    TENANT  GUEST  CONNECTED  RECLAIMABLE  RANGES  SYNCING
-                    acme    vm-1   yes            1.0 GiB      12  no
-                    acme    vm-2   yes          512.0 MiB       3  no
-                    beta    vm-9   no                 0 B       0  no
+                    TENANT  GUEST  CONNECTED  RECLAIMABLE  RESIDENT  RANGES  SYNCING  DISCARD
+                    acme    vm-1   yes            1.0 GiB         -      12  no       none
+                    acme    vm-2   yes          512.0 MiB         -       3  no       none
+                    beta    vm-9   no                 0 B         -       0  no       none
 
                     """
             )

@@ -136,12 +136,15 @@ import Testing
         core.recordHandshakeFailure(reason: "unknown_tenant")
         let metrics = BrokerMetrics(registry: PrometheusCollectorRegistry())
         metrics.recordReportRoundTrip(.microseconds(80))
+        metrics.recordPunch(.microseconds(700))
         let scraped = Self.scrape(metrics, core)
+        // Every family but the discard failures, which appear with a tenant's first failure.
         let expected: [String: String] = [
             BrokerMetrics.Name.reclaimableBytes: "gauge", BrokerMetrics.Name.reports: "counter",
             BrokerMetrics.Name.reportedBytes: "counter", BrokerMetrics.Name.reusedBytes: "counter",
             BrokerMetrics.Name.sessions: "gauge", BrokerMetrics.Name.handshakeFailures: "counter",
-            BrokerMetrics.Name.reportRoundTrip: "histogram",
+            BrokerMetrics.Name.reportRoundTrip: "histogram", BrokerMetrics.Name.residentBytes: "gauge",
+            BrokerMetrics.Name.discardedBytes: "counter", BrokerMetrics.Name.punchDuration: "histogram",
         ]
         #expect(scraped.types == expected)
         #expect(scraped.documented == Set(expected.keys))
