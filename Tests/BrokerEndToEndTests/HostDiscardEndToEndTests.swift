@@ -137,6 +137,18 @@ import Testing
         }
     }
 
+    /// A broker whose memory socket is bound (after the guest listener, which is what
+    /// `BrokerProcess` waits for).
+    func startBroker(extraArguments: [String] = [], directory: String? = nil) async throws -> BrokerProcess {
+        let broker = try BrokerProcess(
+            extraArguments: extraArguments,
+            directory: directory,
+            configuration: Self.configuration
+        )
+        #expect(await broker.waitForLog("memory socket listening"))
+        return broker
+    }
+
     struct AgentFailed: Error, CustomStringConvertible {
         var description: String
     }
@@ -186,7 +198,7 @@ import Testing
     }
 
     @Test func everyWorkloadIsPunchedExactlyByTheBroker() async throws {
-        let broker = try BrokerProcess(configuration: Self.configuration)
+        let broker = try await self.startBroker()
         let runs = [("t1/g2", "idle"), ("t1/g3", "churn"), ("t2/g1", "memhog"), ("t2/g2", "fault")]
         let agents = try runs.map { try Agent(broker: broker, guest: $0.0, workload: $0.1, duration: "3s") }
         for agent in agents {
@@ -200,7 +212,7 @@ import Testing
     }
 
     @Test func brokerKilledMidRunGuestsReattachAndAreExactAgain() async throws {
-        let first = try BrokerProcess(configuration: Self.configuration)
+        let first = try await self.startBroker()
         let port = first.port
         let directory = first.directory
         let agents = try [("t1/g2", "churn"), ("t2/g1", "memhog")].map {
@@ -214,10 +226,9 @@ import Testing
             try await Task.sleep(for: .milliseconds(50))
         }
         first.kill()
-        let second = try BrokerProcess(
+        let second = try await self.startBroker(
             extraArguments: ["--listen", "127.0.0.1:\(port)"],
-            directory: directory,
-            configuration: Self.configuration
+            directory: directory
         )
         for agent in agents {
             let result = try agent.result()
@@ -230,7 +241,7 @@ import Testing
     }
 
     @Test func stoppedBrokerQuarantinesUntilItAnswersLate() async throws {
-        let broker = try BrokerProcess(configuration: Self.configuration)
+        let broker = try await self.startBroker()
         // The first report goes out 2 s after the start; the broker is stopped once the session
         // is up, so the report certainly waits on a stopped broker and times out.
         let agent = try Agent(
