@@ -125,11 +125,14 @@ let package = Package(
                 "BuddyAllocator",
                 "PageReporting",
                 "GuestMemory",
+                // The memory socket's descriptor passing (sendmsg with SCM_RIGHTS).
+                "CGuestMemory",
                 "BrokerProtocol",
                 "TLSTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
 
@@ -187,6 +190,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
         .testTarget(

@@ -52,7 +52,7 @@ extension Pagebroker_V1_ReasonCode {
     /// is wrong and resending it cannot help.
     public var isTransient: Bool {
         switch self {
-        case .tenantPaused, .rateLimited, .backendFailed, .shuttingDown: true
+        case .tenantPaused, .rateLimited, .backendFailed, .shuttingDown, .discardInhibited, .guestPaused: true
         default: false
         }
     }

@@ -6,7 +6,9 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #ifndef MADV_POPULATE_WRITE
@@ -86,3 +88,60 @@ int64_t pb_default_huge_page_size(void) {
 
 int64_t pb_seek_data(int fd, int64_t offset) { return lseek(fd, offset, SEEK_DATA); }
 int64_t pb_seek_hole(int fd, int64_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+
+int64_t pb_send_with_fd(int socket, const void *buffer, size_t length, int fd) {
+    struct iovec iov = {.iov_base = (void *)buffer, .iov_len = length};
+    union {
+        char buffer[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr message = {0};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof(control.buffer);
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &fd, sizeof(int));
+    return sendmsg(socket, &message, MSG_NOSIGNAL);
+}
+
+int64_t pb_recv_with_fds(int socket, void *buffer, size_t length, int *fds, int max_fds, int *fd_count) {
+    struct iovec iov = {.iov_base = buffer, .iov_len = length};
+    union {
+        char buffer[CMSG_SPACE(16 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr message = {0};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof(control.buffer);
+    *fd_count = 0;
+    ssize_t got = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+    if (got < 0) return -1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t index = 0; index < count; index++) {
+            int received;
+            memcpy(&received, CMSG_DATA(header) + index * sizeof(int), sizeof(int));
+            if (*fd_count < max_fds) {
+                fds[(*fd_count)++] = received;
+            } else {
+                close(received);
+            }
+        }
+    }
+    return got;
+}
+
+int pb_socket_peer_closed(int socket) {
+    struct pollfd entry = {.fd = socket, .events = POLLIN | POLLRDHUP};
+    int ready = poll(&entry, 1, 0);
+    if (ready < 0) return -1;
+    return (entry.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) ? 1 : 0;
+}

@@ -26,6 +26,8 @@ public final class AgentConnection: Sendable {
     public let reuseBuffer: ReuseBuffer?
     /// Where the agent logs.
     public let logger: Logger
+    /// Host-side discard: attached before every sync, told about reports and sessions.
+    public let hostDiscard: HostDiscard?
 
     let discardedRecord: @Sendable () -> [Range<Int>]
     /// Makes the allocator deliver the reuse runs it buffers into ``reuseBuffer``.
@@ -54,8 +56,10 @@ public final class AgentConnection: Sendable {
         logger: Logger = Logger(label: "pagebroker.agent"),
         reuseBuffer: ReuseBuffer? = nil,
         discardedRecord: @escaping @Sendable () -> [Range<Int>] = { [] },
-        collectReuse: @escaping @Sendable () -> Void = {}
+        collectReuse: @escaping @Sendable () -> Void = {},
+        hostDiscard: HostDiscard? = nil
     ) {
+        self.hostDiscard = hostDiscard
         self.configuration = configuration
         self.geometry = geometry
         self.eventLoop = eventLoopGroup.next()
@@ -70,13 +74,15 @@ public final class AgentConnection: Sendable {
     }
 
     /// Creates a connection for `allocator`, reporting from `reportingOrder` up, and installs
-    /// its ``reuseBuffer`` as the allocator's reuse observer.
+    /// its ``reuseBuffer`` as the allocator's reuse observer. With `hostDiscard` the memory is
+    /// attached before every sync (`docs/agent.md`, "Host discard").
     public convenience init(
         configuration: AgentConfiguration,
         allocator: BuddyAllocator,
         reportingOrder: Int,
         eventLoopGroup: any EventLoopGroup,
-        logger: Logger = Logger(label: "pagebroker.agent")
+        logger: Logger = Logger(label: "pagebroker.agent"),
+        hostDiscard: HostDiscard? = nil
     ) {
         let geometry = GuestGeometry(
             pageSize: allocator.configuration.pageSize,
@@ -92,7 +98,8 @@ public final class AgentConnection: Sendable {
             logger: logger,
             reuseBuffer: buffer,
             discardedRecord: { [allocator] in allocator.discardedRanges() },
-            collectReuse: { [allocator] in allocator.flushReuse() }
+            collectReuse: { [allocator] in allocator.flushReuse() },
+            hostDiscard: hostDiscard
         )
         allocator.setReuseObserver(buffer)
     }
@@ -141,6 +148,11 @@ public final class AgentConnection: Sendable {
     /// the broker accepted it and fails with an ``AgentError`` otherwise (refused, timed out,
     /// disconnected, or no session). It never takes longer than the report timeout.
     public func submitReport(blocks: [UInt64]) -> EventLoopFuture<Void> {
+        self.submitReport(blocks: blocks, token: nil)
+    }
+
+    /// As ``submitReport(blocks:)``; `token` names the report to the host-discard quarantine.
+    func submitReport(blocks: [UInt64], token: UInt64?) -> EventLoopFuture<Void> {
         let promise = self.eventLoop.makePromise(of: Void.self)
         self.onLoop {
             guard let handler = self.loopState.value.handler, self.loopState.value.sessionActive else {
@@ -148,9 +160,19 @@ public final class AgentConnection: Sendable {
                 promise.fail(AgentError(code: .notConnected, message: "no session with the broker"))
                 return
             }
-            handler.submitReport(blocks: blocks, promise: promise)
+            handler.submitReport(blocks: blocks, token: token, promise: promise)
         }
         return promise.futureResult
+    }
+
+    /// Ends the current session (`Goodbye(OK)`, close) and connects again with the usual backoff:
+    /// the next session prepares again (host discard attaches its memory anew).
+    func restartSession(reason: String) {
+        self.onLoop {
+            guard let handler = self.loopState.value.handler, !self.loopState.value.stopping else { return }
+            self.logger.notice("restarting the session", metadata: ["reason": "\(reason)"])
+            handler.stop()
+        }
     }
 
     /// Sends the reuse runs collected so far without waiting for the timer.

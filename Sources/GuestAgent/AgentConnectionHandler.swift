@@ -1,4 +1,5 @@
 import BrokerProtocol
+import Dispatch
 import Logging
 import NIOCore
 import TLSTransport
@@ -18,6 +19,11 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     private var started = false
     /// Promises of reports sent, by seq.
     private var pending: [UInt64: EventLoopPromise<Void>] = [:]
+    /// Host discard: the device's token of each report sent and not answered, by seq, kept after
+    /// a timeout so that its late result reaches the quarantine.
+    private var tokens: [UInt64: UInt64] = [:]
+    /// This session's number (the connection's session count once it is established).
+    private var generation = 0
     private var tickTimer: Scheduled<Void>?
     private var reportTimer: Scheduled<Void>?
     private var reuseTimer: Scheduled<Void>?
@@ -85,7 +91,7 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     // MARK: Requests from the connection (on the event loop)
 
     /// Sends a report of `blocks`; `promise` completes with its result.
-    func submitReport(blocks: [UInt64], promise: EventLoopPromise<Void>) {
+    func submitReport(blocks: [UInt64], token: UInt64?, promise: EventLoopPromise<Void>) {
         guard let context = self.context else {
             promise.fail(AgentError(code: .notConnected, message: "no connection"))
             return
@@ -97,6 +103,10 @@ final class AgentConnectionHandler: ChannelInboundHandler {
             promise.fail(error)
         case .success(let (seq, actions)):
             self.pending[seq] = promise
+            if let token, let quarantine = self.owner.hostDiscard?.quarantine {
+                self.tokens[seq] = token
+                quarantine.sent(token: token, generation: self.generation)
+            }
             self.owner.count { $0.reportsSent += 1 }
             self.perform(actions, context: context)
             self.armReportTimer(context: context)
@@ -134,6 +144,12 @@ final class AgentConnectionHandler: ChannelInboundHandler {
             self.owner.count { $0.lateResults += actions.lateResults.count }
             self.owner.logger.notice("result after the report timed out", metadata: ["seqs": "\(actions.lateResults)"])
         }
+        for late in actions.lateOutcomes {
+            guard let token = self.tokens.removeValue(forKey: late.seq) else { continue }
+            // Before anything is written or closed: the broker is done with this report, so its
+            // frames may come back before the next session's sync.
+            self.owner.hostDiscard?.quarantine?.lateResult(token: token, accepted: late.outcome == .accepted)
+        }
         if let session = actions.established {
             self.establish(session, context: context)
         }
@@ -165,6 +181,54 @@ final class AgentConnectionHandler: ChannelInboundHandler {
 
     private func establish(_ session: SessionInfo, context: ChannelHandlerContext) {
         self.limit.maxFrameSize = session.maxFrameSize
+        self.generation = self.owner.statistics.sessions + 1
+        guard let hostDiscard = self.owner.hostDiscard else {
+            self.synchronise(session, context: context)
+            return
+        }
+        hostDiscard.quarantine?.sessionStarted(
+            generation: self.generation,
+            priorReportsSettled: session.priorReportsSettled
+        )
+        // Attach (a blocking Unix socket round trip) off the event loop; the session stays in
+        // its syncing state meanwhile, so no report can be sent before the memory is attached.
+        let promise = context.eventLoop.makePromise(of: HostDiscard.Preparation.self)
+        hostDiscard.queue.async {
+            promise.completeWith(Result<HostDiscard.Preparation, any Error> { try hostDiscard.prepare(for: session) })
+        }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { result in
+            handler.value.prepared(session, result: result)
+        }
+    }
+
+    /// The memory is attached (or host discard is off): sync, unless the connection ended meanwhile.
+    private func prepared(_ session: SessionInfo, result: Result<HostDiscard.Preparation, any Error>) {
+        guard let context = self.context, !self.machine.isClosed, !self.machine.isActive else { return }
+        let logger = self.owner.logger
+        let socket = self.owner.hostDiscard?.attachment.socketPath ?? ""
+        switch result {
+        case .success(.attached):
+            logger.info("guest memory attached", metadata: ["memory_socket": "\(socket)"])
+        case .success(.stillAttached), .success(.guestDiscard):
+            break
+        case .success(.fellBack(let error)):
+            logger.warning(
+                "the broker did not take the guest's memory: the guest discards its own memory instead",
+                metadata: ["memory_socket": "\(socket)", "error": "\(error)"]
+            )
+        case .failure(let error):
+            logger.error(
+                "cannot attach the guest's memory: no reports until it is attached",
+                metadata: ["memory_socket": "\(socket)", "error": "\(error)"]
+            )
+            self.perform(self.machine.stop(now: self.now), context: context)
+            return
+        }
+        self.synchronise(session, context: context)
+    }
+
+    private func synchronise(_ session: SessionInfo, context: ChannelHandlerContext) {
         // Collect before the snapshot: see ReuseBuffer.startCollecting.
         self.owner.reuseBuffer?.startCollecting()
         let discarded = self.owner.discardedRecord()
@@ -181,7 +245,7 @@ final class AgentConnectionHandler: ChannelInboundHandler {
             metadata: [
                 "session": "\(session.sessionID)", "tenant": "\(session.tenant)", "guest": "\(session.guest)",
                 "max_frame_size": "\(session.maxFrameSize)", "sync_chunks": "\(actions.frames.count)",
-                "sync_pages": "\(pages)",
+                "sync_pages": "\(pages)", "prior_reports_settled": "\(session.priorReportsSettled)",
             ]
         )
         let geometry = self.owner.geometry
@@ -198,6 +262,11 @@ final class AgentConnectionHandler: ChannelInboundHandler {
     }
 
     private func complete(_ completion: AgentConnectionStateMachine.ReportCompletion) {
+        if case .failed(let error) = completion.outcome, error.code == .timedOut {
+            // Its result may still come: keep the token for the quarantine.
+        } else {
+            self.tokens[completion.seq] = nil
+        }
         guard let promise = self.pending.removeValue(forKey: completion.seq) else { return }
         switch completion.outcome {
         case .accepted:

@@ -98,19 +98,24 @@ public struct AgentConnectionStateMachine: Sendable {
         public var close: CloseReason?
         /// Seqs whose result arrived after the report had timed out; ignored, but counted.
         public var lateResults: [UInt64] = []
+        /// The same late results with what they said, for the host-discard quarantine: the
+        /// broker is done with these reports (`docs/protocol.md`, "Never losing a guest's data").
+        public var lateOutcomes: [ReportCompletion] = []
 
         public init(
             frames: [Pagebroker_V1_Frame] = [],
             completions: [ReportCompletion] = [],
             established: SessionInfo? = nil,
             close: CloseReason? = nil,
-            lateResults: [UInt64] = []
+            lateResults: [UInt64] = [],
+            lateOutcomes: [ReportCompletion] = []
         ) {
             self.frames = frames
             self.completions = completions
             self.established = established
             self.close = close
             self.lateResults = lateResults
+            self.lateOutcomes = lateOutcomes
         }
 
         /// Nothing to do.
@@ -461,7 +466,8 @@ public struct AgentConnectionStateMachine: Sendable {
             minReportOrder: max(Int(hello.minReportOrder), self.configuration.geometry.minOrder),
             heartbeatInterval: .milliseconds(Int(interval)),
             tenant: hello.tenantID,
-            guest: hello.guestID
+            guest: hello.guestID,
+            priorReportsSettled: hello.priorReportsSettled
         )
         self.state = .syncing(Session(info: info))
         return Actions(established: info)
@@ -491,7 +497,15 @@ public struct AgentConnectionStateMachine: Sendable {
         if let index = session.expired.firstIndex(of: result.seq) {
             session.expired.remove(at: index)
             self.state = .active(session)
-            guard result.reason == .ok else { return Actions(lateResults: [result.seq]) }
+            guard result.reason == .ok else {
+                let outcome = ReportOutcome.failed(
+                    AgentError(code: .refused, reason: result.reason, message: result.message)
+                )
+                return Actions(
+                    lateResults: [result.seq],
+                    lateOutcomes: [ReportCompletion(seq: result.seq, outcome: outcome)]
+                )
+            }
             // The guest put these pages back unmarked when the report timed out, but the broker
             // now counts them: only a new sync can make the records equal again.
             var actions = self.closeSession(
@@ -505,6 +519,7 @@ public struct AgentConnectionStateMachine: Sendable {
             actions.frames = [goodbye]
             actions.close = CloseReason("late result for report \(result.seq) accepted", resynchronise: true)
             actions.lateResults = [result.seq]
+            actions.lateOutcomes = [ReportCompletion(seq: result.seq, outcome: .accepted)]
             return self.emit(actions, now: now)
         }
         return self.fail(.protocolViolation, "ReportResult for seq \(result.seq), which is not outstanding", now: now)

@@ -48,12 +48,26 @@ public struct AgentError: Error, Hashable, Sendable, CustomStringConvertible, Re
         /// The broker ended the session with `Goodbye(SESSION_REPLACED)`: a newer session with
         /// this guest's identity (another agent, or this one reconnecting) took over.
         public static let sessionReplaced = Code(10, "session_replaced")
+        /// Host discard: the broker's memory socket cannot be reached (it does not exist, refuses
+        /// connections, or this process may not open it); the errno is in the message.
+        public static let memorySocketUnavailable = Code(11, "memory_socket_unavailable")
+        /// Host discard: the broker refused to attach the guest's memory;
+        /// ``AgentError/memoryCode`` says why (`docs/protocol.md`, "Memory socket").
+        public static let memoryAttachRefused = Code(12, "memory_attach_refused")
+        /// Host discard: the connection that keeps the memory attached ended, or the exchange on
+        /// it failed (the broker stopped, restarted, or broke the memory protocol).
+        public static let memoryDetached = Code(13, "memory_detached")
+        /// Host discard needs memory the broker can hold: a memfd or hugetlb backing (a file
+        /// descriptor), not anonymous memory or frames that are numbers only.
+        public static let memoryNotShareable = Code(14, "memory_not_shareable")
     }
 
     /// What went wrong.
     public var code: Code
     /// The broker's reason code, for ``Code/refused`` and ``Code/brokerError``.
     public var reason: Pagebroker_V1_ReasonCode?
+    /// The broker's answer on the memory socket, for ``Code/memoryAttachRefused``.
+    public var memoryCode: Pagebroker_V1_MemoryCode?
     /// When the engine should try again; `nil` for the engine's usual behaviour.
     public var retryAfter: Duration?
     /// Detail for humans; never parse it.
@@ -63,11 +77,13 @@ public struct AgentError: Error, Hashable, Sendable, CustomStringConvertible, Re
     public init(
         code: Code,
         reason: Pagebroker_V1_ReasonCode? = nil,
+        memoryCode: Pagebroker_V1_MemoryCode? = nil,
         retryAfter: Duration? = nil,
         message: String = ""
     ) {
         self.code = code
         self.reason = reason
+        self.memoryCode = memoryCode
         self.retryAfter = retryAfter
         self.message = message
     }
@@ -75,6 +91,7 @@ public struct AgentError: Error, Hashable, Sendable, CustomStringConvertible, Re
     public var description: String {
         var text = "AgentError(\(self.code)"
         if let reason { text += ", \(reason.stableName)" }
+        if let memoryCode { text += ", \(MemoryAttachment.name(of: memoryCode))" }
         if let retryAfter { text += ", retry after \(retryAfter)" }
         if !self.message.isEmpty { text += ": \(self.message)" }
         return text + ")"

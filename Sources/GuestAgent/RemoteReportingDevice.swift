@@ -39,6 +39,12 @@ public final class RemoteReportingDevice: PageReportingDevice {
     public var preferredOrder: Int? { self.connection.geometry.minOrder }
 
     public func report(_ batch: ReportBatch) throws {
+        try self.report(batch, token: nil)
+    }
+
+    /// Reports `batch`; `token` names the report to the connection's quarantine bookkeeping
+    /// (``HostDiscardingDevice``).
+    func report(_ batch: ReportBatch, token: UInt64?) throws {
         precondition(!self.connection.eventLoop.inEventLoop, "report(_:) blocks: never call it on the event loop")
         var blocks: [UInt64] = []
         blocks.reserveCapacity(2 * batch.count)
@@ -46,7 +52,7 @@ public final class RemoteReportingDevice: PageReportingDevice {
             blocks.append(UInt64(entry.frame))
             blocks.append(UInt64(entry.order))
         }
-        let future = self.connection.submitReport(blocks: blocks)
+        let future = self.connection.submitReport(blocks: blocks, token: token)
         // The connection's own timer fails the report at the timeout; the grace only guards
         // against an event loop too busy to run that timer.
         let waitLimit = self.connection.configuration.reportTimeout + .milliseconds(500)

@@ -39,6 +39,9 @@ public struct SessionInfo: Sendable, Hashable {
     public var tenant: String
     /// The guest the broker authenticated from the client certificate.
     public var guest: String
+    /// `ServerHello.prior_reports_settled`: no report of an earlier session of this guest will
+    /// be discarded after this hello, so the quarantine may release them.
+    public var priorReportsSettled: Bool
 
     /// Creates session information; the defaults are those of an unset `ServerHello` field.
     public init(
@@ -49,7 +52,8 @@ public struct SessionInfo: Sendable, Hashable {
         minReportOrder: Int = 0,
         heartbeatInterval: Duration = .milliseconds(Int(WireProtocol.defaultHeartbeatIntervalMilliseconds)),
         tenant: String = "",
-        guest: String = ""
+        guest: String = "",
+        priorReportsSettled: Bool = false
     ) {
         self.sessionID = sessionID
         self.brokerVersion = brokerVersion
@@ -59,5 +63,6 @@ public struct SessionInfo: Sendable, Hashable {
         self.heartbeatInterval = heartbeatInterval
         self.tenant = tenant
         self.guest = guest
+        self.priorReportsSettled = priorReportsSettled
     }
 }

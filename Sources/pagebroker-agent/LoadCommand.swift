@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import GuestAgent
+import GuestMemory
 import GuestSimulator
 import Logging
 import NIOCore
@@ -73,6 +74,15 @@ struct LoadCommand: ParsableCommand {
     @Option(name: .customLong("connect-batch"), help: "With --idle-sessions: sessions opened at a time.")
     var connectBatch: Int = 250
 
+    @Option(
+        help:
+            "none: accounting only; host: every guest attaches a memfd of its pool to the broker, which punches each report; both: none, then host, in one run, with the ratio."
+    )
+    var discard: LoadDiscard = .none
+
+    @Option(name: .customLong("memory-socket"), help: "The broker's memory socket, for --discard host or both.")
+    var memorySocket: String = MemoryAttachment.defaultSocketPath
+
     func validate() throws {
         guard self.guests > 0 else { throw ValidationError("--guests must be positive") }
         guard self.window > 0 else { throw ValidationError("--window must be positive") }
@@ -84,6 +94,9 @@ struct LoadCommand: ParsableCommand {
             guard self.brokerPID != nil else { throw ValidationError("--idle-sessions needs --broker-pid") }
             guard self.certDirectory != nil else { throw ValidationError("--idle-sessions needs --cert-dir") }
             guard self.connectBatch > 0 else { throw ValidationError("--connect-batch must be positive") }
+        }
+        if self.discard != .none && self.idleSessions != nil {
+            throw ValidationError("--idle-sessions measures sessions only: leave out --discard")
         }
         if self.certDirectory == nil {
             guard self.brokerOptions.cert != nil, self.brokerOptions.key != nil else {
@@ -122,15 +135,53 @@ struct LoadCommand: ParsableCommand {
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: self.threads)
         defer { try? group.syncShutdownGracefully() }
+        var stdout = FileHandleStream.standardOutput
+        switch self.discard {
+        case .none, .host:
+            var summary = try self.measure(
+                contexts: contexts,
+                group: group,
+                hostDiscard: self.discard == .host,
+                logger: logger
+            )
+            summary.discard = self.discard.rawValue
+            stdout.write((self.json ? summary.json() : summary.text()) + "\n")
+        case .both:
+            var plain = try self.measure(contexts: contexts, group: group, hostDiscard: false, logger: logger)
+            plain.discard = "none"
+            var host = try self.measure(contexts: contexts, group: group, hostDiscard: true, logger: logger)
+            host.discard = "host"
+            let ratio = plain.reportsPerSecond > 0 ? host.reportsPerSecond / plain.reportsPerSecond : 0
+            if self.json {
+                stdout.write(
+                    #"{"host":\#(host.json()),"none":\#(plain.json()),"ratio":\#(Units.fixed(ratio, 3))}"# + "\n"
+                )
+            } else {
+                stdout.write("accounting only: " + plain.text() + "\n")
+                stdout.write("host discard:    " + host.text() + "\n")
+                stdout.write("reports/s host / none: \(Units.fixed(ratio, 3))\n")
+            }
+        }
+    }
+
+    /// One load phase: connects every guest (attaching a memfd each with `hostDiscard`), pumps
+    /// reports for --duration, closes them.
+    private func measure(
+        contexts: [TLSContext],
+        group: MultiThreadedEventLoopGroup,
+        hostDiscard: Bool,
+        logger: Logger
+    ) throws -> LoadSummary {
         // 4 GiB guests reporting order-9 blocks: room for 2048 distinct blocks each.
         let geometry = GuestGeometry(pageSize: 4096, totalPages: 1 << 20, minOrder: 9, maxOrder: 10)
         let sessionLogger = Self.sessionLogger(logger)
-        let connections = contexts.map { context in
+        let connections = try contexts.map { context in
             AgentConnection(
                 configuration: self.brokerOptions.agentConfiguration(context: context),
                 geometry: geometry,
                 eventLoopGroup: group,
-                logger: sessionLogger
+                logger: sessionLogger,
+                hostDiscard: try hostDiscard ? self.makeHostDiscard(geometry: geometry) : nil
             )
         }
         for connection in connections { connection.start() }
@@ -192,8 +243,22 @@ struct LoadCommand: ParsableCommand {
             summary.agentCPUPerReport = agentCPU / Double(summary.reports)
             summary.brokerCPUPerReport = brokerCPU.map { $0 / Double(summary.reports) }
         }
-        var stdout = FileHandleStream.standardOutput
-        stdout.write((self.json ? summary.json() : summary.text()) + "\n")
+        for connection in connections { connection.hostDiscard?.attachment.detach() }
+        return summary
+    }
+
+    /// A memfd of the guest's pool size (sparse: never touched) to attach, for --discard host.
+    private func makeHostDiscard(geometry: GuestGeometry) throws -> HostDiscard {
+        do {
+            let memory = try GuestMemory.memfd(
+                length: geometry.totalPages * geometry.pageSize,
+                pageSize: geometry.pageSize
+            )
+            let attachment = try MemoryAttachment(socketPath: self.memorySocket, memory: memory)
+            return HostDiscard(attachment: attachment, allocator: nil, policy: .required)
+        } catch {
+            throw ValidationError("--discard host: \(error)")
+        }
     }
 
     /// The connections' logger. A connection logs "session established" and "session ended"
@@ -345,8 +410,15 @@ private final class LatencyRecorder: Sendable {
     }
 }
 
+/// `load --discard`.
+enum LoadDiscard: String, CaseIterable, ExpressibleByArgument, Sendable {
+    case none, host, both
+}
+
 /// What `load` prints (see docs/agent.md).
 struct LoadSummary: Encodable {
+    /// `none` or `host`.
+    var discard = "none"
     var guests: Int
     var seconds: Double
     var reports: Int
@@ -364,7 +436,7 @@ struct LoadSummary: Encodable {
     var brokerCPUPerReport: Double?
 
     enum CodingKeys: String, CodingKey {
-        case guests, seconds, reports, errors, reconnects
+        case guests, seconds, reports, errors, reconnects, discard
         case agentCPUPerReport = "agent_cpu_us_per_report"
         case brokerCPUPerReport = "broker_cpu_us_per_report"
         case errorCodes = "error_codes"

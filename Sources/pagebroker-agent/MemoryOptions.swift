@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import GuestMemory
 
 /// `--backing`: what is behind the guest's frames.
@@ -24,7 +25,8 @@ enum DiscardMode: String, CaseIterable, ExpressibleByArgument, Sendable {
     case guest
     /// Accounting only.
     case none
-    /// The broker punches holes in the guest's memfd: comes with host-side discard.
+    /// The broker holds the guest's memfd (attached over its memory socket) and punches holes
+    /// before it acks; the agent discards nothing itself.
     case host
 
     init?(argument: String) {
@@ -61,4 +63,11 @@ func resolvePageSize(_ choice: BackingChoice, requested: Int?) throws -> Int {
         throw ValidationError("--page-size must be a power of two of at least 4KiB")
     }
     return size
+}
+
+/// Whether `path` is a Unix socket that exists: the broker offers host discard there.
+func memorySocketExists(_ path: String) -> Bool {
+    var status = stat()
+    guard stat(path, &status) == 0 else { return false }
+    return status.st_mode & S_IFMT == S_IFSOCK
 }

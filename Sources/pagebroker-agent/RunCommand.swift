@@ -40,9 +40,15 @@ struct RunCommand: ParsableCommand {
 
     @Option(
         help:
-            "Who frees reported memory: guest (this agent, after the broker's OK) or none (accounting only); default guest, none with --backing none."
+            "Who frees reported memory: host (the broker, which holds the memfd), guest (this agent, after the broker's OK) or none (accounting only); default host when the memory socket exists and the broker takes the memory (memfd, hugetlb), else guest; none with --backing none."
     )
     var discard: DiscardMode?
+
+    @Option(
+        name: .customLong("memory-socket"),
+        help: "The broker's memory socket, for host discard."
+    )
+    var memorySocket: String = MemoryAttachment.defaultSocketPath
 
     @Flag(help: "Touch the whole pool first, like a VM whose guest has used all of its memory once.")
     var prefault = false
@@ -75,11 +81,26 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Print one JSON object at exit.")
     var json = false
 
+    @Flag(
+        help:
+            "With host discard: after the run (figures printed), keep the memory attached until standard input closes, so that the broker's figures can be read against the kernel's."
+    )
+    var linger = false
+
     /// The page size: the huge page size for hugetlb, else --page-size (4 KiB by default).
     var pageSize: Int { (try? resolvePageSize(self.backing, requested: self.pageSizeOption)) ?? 4096 }
 
-    /// --discard, or its default for the backing.
-    var discardMode: DiscardMode { self.discard ?? (self.backing == .none ? .none : .guest) }
+    /// --discard, or its default for the backing: host when the backing can be handed to the
+    /// broker and its memory socket exists (falling back to guest if the first attach fails),
+    /// guest for other real memory, none without.
+    var discardMode: DiscardMode {
+        if let discard { return discard }
+        switch self.backing {
+        case .none: return .none
+        case .anonymous: return .guest
+        case .memfd, .hugetlb: return memorySocketExists(self.memorySocket) ? .host : .guest
+        }
+    }
 
     func validate() throws {
         guard self.brokerOptions.cert != nil, self.brokerOptions.key != nil else {
@@ -91,9 +112,9 @@ struct RunCommand: ParsableCommand {
         guard self.memory >= pageSize * minimumPages else {
             throw ValidationError("--memory must be at least \(minimumPages) pages")
         }
-        if self.discardMode == .host {
+        if self.discard == .host && (self.backing == .anonymous || self.backing == .none) {
             throw ValidationError(
-                "--discard host comes with host-side discard (the broker holding the guest's memfd); use guest or none"
+                "--discard host needs memory the broker can hold: --backing memfd or hugetlb, not \(self.backing.rawValue)"
             )
         }
         if self.backing == .none && self.discardMode == .guest {
@@ -138,15 +159,28 @@ struct RunCommand: ParsableCommand {
                 throw ExitCode.failure
             }
         }
+        // The kernel's figure before anything is reported: what the guest's memory costs the host.
+        let residentAtStart = try? memory?.residentBytes()
+        if let residentAtStart {
+            logger.info(
+                "guest memory ready",
+                metadata: [
+                    "backing": "\(self.backing.rawValue)", "bytes": "\(memory?.length ?? 0)",
+                    "resident_bytes": "\(residentAtStart)",
+                ]
+            )
+        }
         let patterned = memory.map {
             PatternedMemory(
                 zeroing: ZeroedAllocator(
                     allocator: allocator,
                     memory: $0,
-                    discardedReadsZero: self.discardMode == .guest
+                    discardedReadsZero: self.discardMode != .none
                 )
             )
         }
+
+        let hostDiscard = try self.makeHostDiscard(memory: memory, allocator: allocator, logger: logger)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
@@ -155,24 +189,35 @@ struct RunCommand: ParsableCommand {
             allocator: allocator,
             reportingOrder: order,
             eventLoopGroup: group,
-            logger: logger
+            logger: logger,
+            hostDiscard: hostDiscard
         )
         connection.start()
 
         let workload = RealTimeWorkload(kind: self.workload, allocator: allocator, seed: self.seed, memory: patterned)
         workload.start()
         let remote = RemoteReportingDevice(connection: connection)
-        let guestDiscard = memory.flatMap { memory in
-            self.discardMode == .guest
-                ? GuestDiscardingDevice(remote: remote, memory: memory, repopulateOnFailure: self.prefault) : nil
+        // Guest discard, also the fallback of a default host discard whose attach failed.
+        var guestDiscard: GuestDiscardingDevice?
+        if let memory, self.discardMode == .guest || hostDiscard?.policy == .preferred {
+            guestDiscard = GuestDiscardingDevice(remote: remote, memory: memory, repopulateOnFailure: self.prefault)
         }
-        let device: any PageReportingDevice = guestDiscard ?? remote
+        let device: any PageReportingDevice
+        if let hostDiscard {
+            device = HostDiscardingDevice(remote: remote, hostDiscard: hostDiscard, fallback: guestDiscard)
+        } else if let guestDiscard {
+            device = guestDiscard
+        } else {
+            device = remote
+        }
         let engine = try PageReportingEngine.register(
             device: device,
             allocator: allocator,
             scheduler: DispatchReportingScheduler(label: "pagebroker.agent.reporting"),
             configuration: PageReportingConfiguration(delay: self.delay, orderOverride: order)
         )
+        // Frames back from quarantine are free blocks nobody reported: have them reported.
+        hostDiscard?.quarantine?.setReleaseHandler { [engine] in engine.request() }
 
         let figures = Figures(
             allocator: allocator,
@@ -181,7 +226,9 @@ struct RunCommand: ParsableCommand {
             workload: workload,
             memory: memory,
             patterned: patterned,
-            guestDiscard: guestDiscard
+            guestDiscard: guestDiscard,
+            hostDiscard: hostDiscard,
+            residentAtStart: residentAtStart
         )
         let ticker = self.startTicker(figures)
         let started = ContinuousClock.now
@@ -202,12 +249,13 @@ struct RunCommand: ParsableCommand {
         } catch {
             logger.warning("closing the broker connection failed", metadata: ["error": "\(error)"])
         }
+        hostDiscard?.quarantine?.setReleaseHandler(nil)
         let result = figures.result(
             seconds: Units.seconds(ContinuousClock.now - started),
             workload: self.workload.rawValue,
             reportOrder: order,
             backing: self.backing.rawValue,
-            discard: self.discardMode.rawValue,
+            discard: hostDiscard.map { $0.mode == .guest ? "guest" : "host" } ?? self.discardMode.rawValue,
             prefault: self.prefault
         )
         var stderr = FileHandleStream.standardError
@@ -219,9 +267,47 @@ struct RunCommand: ParsableCommand {
             var stdout = FileHandleStream.standardOutput
             stdout.write(result.json() + "\n")
         }
+        if self.linger, let hostDiscard {
+            logger.notice("run done; the memory stays attached until standard input closes")
+            var byte: UInt8 = 0
+            while read(0, &byte, 1) > 0 {}
+            hostDiscard.attachment.detach()
+        }
+        hostDiscard?.attachment.detach()
         if result.invariants != "ok" || result.isolatedPages != 0 || result.integrityErrors != 0 {
             throw ExitCode.failure
         }
+    }
+
+    /// Host discard for `--discard host`, or by default when the memory socket exists.
+    private func makeHostDiscard(memory: GuestMemory?, allocator: BuddyAllocator, logger: Logger) throws -> HostDiscard?
+    {
+        guard let memory, self.backing == .memfd || self.backing == .hugetlb else {
+            if self.discard == nil, self.backing == .anonymous {
+                logger.notice("anonymous memory cannot be handed to the broker: the guest discards its own memory")
+            }
+            return nil
+        }
+        guard self.discardMode == .host else {
+            if self.discard == nil {
+                logger.warning(
+                    "no broker memory socket: the guest discards its own memory (host discard needs the broker's memory socket)",
+                    metadata: ["memory_socket": "\(self.memorySocket)"]
+                )
+            }
+            return nil
+        }
+        let attachment: MemoryAttachment
+        do {
+            attachment = try MemoryAttachment(socketPath: self.memorySocket, memory: memory)
+        } catch {
+            throw ValidationError("--discard host: \(error)")
+        }
+        return HostDiscard(
+            attachment: attachment,
+            allocator: allocator,
+            policy: self.discard == .host ? .required : .preferred
+        )
     }
 
     private func startTicker(_ figures: Figures) -> (any DispatchSourceTimer)? {
@@ -248,6 +334,8 @@ private struct Figures: Sendable {
     let memory: GuestMemory?
     let patterned: PatternedMemory?
     let guestDiscard: GuestDiscardingDevice?
+    let hostDiscard: HostDiscard?
+    let residentAtStart: Int?
 
     /// The kernel's figure for the pool, `nil` without one (or if the kernel would not say).
     var residentBytes: Int? { try? self.memory?.residentBytes() }
@@ -266,6 +354,12 @@ private struct Figures: Sendable {
             + " tenant \(agent.lastSession?.tenant ?? "-") guest \(agent.lastSession?.guest ?? "-")"
             + (self.residentBytes.map { " resident \(Units.formatBytes($0))" } ?? "")
             + (self.patterned.map { " integrity errors \($0.integrityErrors)" } ?? "")
+            + (self.hostDiscard.flatMap { hostDiscard in
+                hostDiscard.quarantine.map {
+                    " quarantined \(Units.formatBytes($0.quarantinedBytes)) (\($0.figures.reports) reports)"
+                        + " discard \(hostDiscard.mode)"
+                }
+            } ?? "")
     }
 
     func result(
@@ -321,9 +415,32 @@ private struct Figures: Sendable {
             integrityErrors: self.patterned?.integrityErrors ?? 0,
             zeroingSkippedBytes: self.patterned?.zeroing.skippedBytes ?? 0,
             zeroedBytes: self.patterned?.zeroing.zeroedBytes ?? 0,
-            discardFailures: self.guestDiscard?.statistics.discardFailures ?? 0
+            discardFailures: self.guestDiscard?.statistics.discardFailures ?? 0,
+            residentBytesAtStart: self.residentAtStart,
+            quarantine: self.hostDiscard.flatMap { hostDiscard in
+                guard let quarantine = hostDiscard.quarantine else { return nil }
+                let figures = quarantine.figures
+                return QuarantineResult(
+                    quarantinedBytes: quarantine.quarantinedBytes,
+                    quarantinedReports: figures.reports,
+                    quarantinedReportsTotal: figures.quarantinedTotal,
+                    releasedByLateResult: figures.releasedByLateResult,
+                    releasedBySettledSession: figures.releasedBySettledSession,
+                    memoryAttaches: hostDiscard.attachment.attachCount
+                )
+            }
         )
     }
+}
+
+/// The host-discard figures of `run --json`.
+struct QuarantineResult {
+    var quarantinedBytes: Int
+    var quarantinedReports: Int
+    var quarantinedReportsTotal: Int
+    var releasedByLateResult: Int
+    var releasedBySettledSession: Int
+    var memoryAttaches: Int
 }
 
 /// What `run --json` prints (see docs/agent.md).
@@ -362,6 +479,9 @@ struct RunResult: Encodable {
     var zeroingSkippedBytes: Int
     var zeroedBytes: Int
     var discardFailures: Int
+    var residentBytesAtStart: Int?
+    /// Host discard only; the keys are absent otherwise.
+    var quarantine: QuarantineResult?
 
     enum CodingKeys: String, CodingKey {
         case discardedBytes = "discarded_bytes"
@@ -398,6 +518,13 @@ struct RunResult: Encodable {
         case zeroingSkippedBytes = "zeroing_skipped_bytes"
         case zeroedBytes = "zeroed_bytes"
         case discardFailures = "discard_failures"
+        case residentBytesAtStart = "resident_bytes_at_start"
+        case quarantinedBytes = "quarantined_bytes"
+        case quarantinedReports = "quarantined_reports"
+        case quarantinedReportsTotal = "quarantined_reports_total"
+        case quarantineReleasedLate = "quarantine_released_late"
+        case quarantineReleasedSettled = "quarantine_released_settled"
+        case memoryAttaches = "memory_attaches"
     }
 
     func encode(to encoder: any Encoder) throws {
@@ -438,6 +565,15 @@ struct RunResult: Encodable {
         try container.encode(self.zeroingSkippedBytes, forKey: .zeroingSkippedBytes)
         try container.encode(self.zeroedBytes, forKey: .zeroedBytes)
         try container.encode(self.discardFailures, forKey: .discardFailures)
+        try container.encode(self.residentBytesAtStart, forKey: .residentBytesAtStart)
+        if let quarantine = self.quarantine {
+            try container.encode(quarantine.quarantinedBytes, forKey: .quarantinedBytes)
+            try container.encode(quarantine.quarantinedReports, forKey: .quarantinedReports)
+            try container.encode(quarantine.quarantinedReportsTotal, forKey: .quarantinedReportsTotal)
+            try container.encode(quarantine.releasedByLateResult, forKey: .quarantineReleasedLate)
+            try container.encode(quarantine.releasedBySettledSession, forKey: .quarantineReleasedSettled)
+            try container.encode(quarantine.memoryAttaches, forKey: .memoryAttaches)
+        }
     }
 
     func json() -> String {

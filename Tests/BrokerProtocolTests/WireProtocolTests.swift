@@ -35,7 +35,11 @@ struct WireProtocolTests {
     @Test("only refusals about the broker's state are transient")
     func transientCodes() {
         let transient = Pagebroker_V1_ReasonCode.allCases.filter(\.isTransient).map(\.stableName)
-        #expect(transient == ["tenant_paused", "rate_limited", "backend_failed", "shutting_down"])
+        #expect(
+            transient == [
+                "tenant_paused", "rate_limited", "backend_failed", "shutting_down", "discard_inhibited", "guest_paused",
+            ]
+        )
     }
 
     @Test("the negotiated frame size is the smaller proposal, 0 meaning the default")

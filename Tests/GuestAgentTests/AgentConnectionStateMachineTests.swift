@@ -426,3 +426,52 @@ struct AgentConnectionStateMachineTests {
         #expect(AgentConnectionStateMachine.varintSize(.max) == 10)
     }
 }
+
+@Suite("Connection state machine: host discard inputs")
+struct AgentConnectionStateMachineHostDiscardTests {
+    @Test("late results carry their outcome for the quarantine, accepted or refused")
+    func lateOutcomes() throws {
+        var machine = activeMachine(reportTimeout: .milliseconds(200))
+        _ = try machine.report(blocks: [512, 9], now: .seconds(1)).get()
+        _ = try machine.report(blocks: [1024, 9], now: .seconds(1)).get()
+        _ = machine.tick(now: .seconds(2))
+        let refused = machine.receive(result(1, .backendFailed), now: .seconds(2))
+        #expect(refused.lateOutcomes.map(\.seq) == [1])
+        guard case .failed(let error) = refused.lateOutcomes.first?.outcome else {
+            Issue.record("expected a failed late outcome")
+            return
+        }
+        #expect(error.reason == .backendFailed)
+        let accepted = machine.receive(result(2), now: .seconds(2))
+        #expect(accepted.lateOutcomes == [.init(seq: 2, outcome: .accepted)])
+    }
+
+    @Test("ServerHello's prior_reports_settled reaches the session")
+    func priorReportsSettled() throws {
+        var machine = machine()
+        _ = machine.connected(now: .zero)
+        var frame = serverHello()
+        frame.serverHello.priorReportsSettled = true
+        let actions = machine.receive(frame, now: .zero)
+        #expect(actions.established?.priorReportsSettled == true)
+        var other = AgentConnectionStateMachine(configuration: .init(geometry: geometry))
+        _ = other.connected(now: .zero)
+        #expect(other.receive(serverHello(), now: .zero).established?.priorReportsSettled == false)
+    }
+
+    @Test("discard_inhibited and guest_paused are transient refusals whose retry_after_ms is the retry hint")
+    func newTransientCodes() throws {
+        for code in [Pagebroker_V1_ReasonCode.discardInhibited, .guestPaused] {
+            #expect(code.isTransient, "\(code.stableName)")
+            var machine = activeMachine()
+            _ = try machine.report(blocks: [512, 9], now: .seconds(1)).get()
+            let actions = machine.receive(result(1, code, retryMs: 3000), now: .seconds(1))
+            guard case .failed(let error) = actions.completions.first?.outcome else {
+                Issue.record("expected a failure")
+                continue
+            }
+            #expect(error.code == .refused && error.reason == code && error.retryAfter == .seconds(3))
+            #expect(machine.isActive)
+        }
+    }
+}

@@ -15,6 +15,8 @@ final class FakeBroker: Sendable {
         case refuse(Pagebroker_V1_ReasonCode, retryAfterMs: UInt32)
         /// Never answered: the guest must time out.
         case silent
+        /// Kept until ``FakeBroker/answerHeld(_:)``: a broker that is only slow.
+        case hold
     }
 
     struct Received: Sendable {
@@ -32,6 +34,8 @@ final class FakeBroker: Sendable {
         var connections = 0
         var children: [any Channel] = []
         var waiters: [(predicate: @Sendable ([Received], Int) -> Bool, promise: EventLoopPromise<Void>)] = []
+        var held: [(seq: UInt64, channel: any Channel)] = []
+        var priorReportsSettled = false
     }
 
     /// Starts listening. `tls` is a server-role context for a TLS broker, `nil` for plaintext.
@@ -79,6 +83,35 @@ final class FakeBroker: Sendable {
     }
 
     var frames: [Received] { self.state.withLock { $0.frames } }
+
+    /// What `ServerHello.prior_reports_settled` says from now on.
+    var priorReportsSettled: Bool {
+        get { self.state.withLock { $0.priorReportsSettled } }
+        set { self.state.withLock { $0.priorReportsSettled = newValue } }
+    }
+
+    /// Reports held by ``Answer/hold`` so far.
+    var heldReports: Int { self.state.withLock { $0.held.count } }
+
+    /// Answers every held report with `reason`, late, on the connection it came on.
+    func answerHeld(_ reason: Pagebroker_V1_ReasonCode = .ok) {
+        let held = self.state.withLock { state in
+            defer { state.held = [] }
+            return state.held
+        }
+        for (seq, channel) in held {
+            var answer = Pagebroker_V1_Frame()
+            answer.reportResult = .with {
+                $0.seq = seq
+                $0.reason = reason
+            }
+            channel.writeAndFlush(answer, promise: nil)
+        }
+    }
+
+    func hold(seq: UInt64, channel: any Channel) {
+        self.state.withLock { $0.held.append((seq, channel)) }
+    }
 
     var connections: Int { self.state.withLock { $0.connections } }
 
@@ -195,6 +228,7 @@ private final class FakeBrokerHandler: ChannelInboundHandler {
                 $0.heartbeatIntervalMs = self.heartbeatMs
                 $0.tenantID = "t1"
                 $0.guestID = "g1"
+                $0.priorReportsSettled = self.broker.priorReportsSettled
             }
             context.writeAndFlush(Self.wrapOutboundOut(answer), promise: nil)
             self.limit.maxFrameSize = Int(size ?? 65536)
@@ -213,6 +247,9 @@ private final class FakeBrokerHandler: ChannelInboundHandler {
                     $0.retryAfterMs = retry
                 }
             case .silent:
+                return
+            case .hold:
+                self.broker.hold(seq: report.seq, channel: context.channel)
                 return
             }
             context.writeAndFlush(Self.wrapOutboundOut(answer), promise: nil)

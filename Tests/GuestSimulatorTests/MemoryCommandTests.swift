@@ -71,10 +71,12 @@ import Testing
         )
     }
 
-    @Test func hostDiscardIsRefusedUntilItExists() throws {
-        let output = try self.runFlags(["--discard", "host"])
-        #expect(output.status == 2)
-        #expect(output.stderr.contains("comes with host-side discard"))
+    @Test func hostDiscardNeedsMemoryTheBrokerCanHold() throws {
+        for backing in ["anonymous", "none"] {
+            let output = try self.runFlags(["--discard", "host", "--backing", backing])
+            #expect(output.status == 2, "\(backing)")
+            #expect(output.stderr.contains("--discard host needs memory the broker can hold"), "\(output.stderr)")
+        }
     }
 
     @Test func guestDiscardAndPrefaultNeedRealMemory() throws {

@@ -58,4 +58,17 @@ const char *pb_errno_name(int error);
 /* The huge page size hugetlbfs uses by default (from the system), or -1. */
 int64_t pb_default_huge_page_size(void);
 
+/* sendmsg(socket, buffer, length) with `fd` as SCM_RIGHTS ancillary data on the first byte
+ * (MSG_NOSIGNAL): how the memfd reaches the broker's memory socket. Returns the bytes sent. */
+int64_t pb_send_with_fd(int socket, const void *buffer, size_t length, int fd);
+
+/* recvmsg(socket) into buffer, taking at most `max_fds` descriptors passed as SCM_RIGHTS
+ * (MSG_CMSG_CLOEXEC) into fds; *fd_count says how many came (the rest of a larger batch is
+ * closed). Returns the bytes read (0 at end of stream). For tests and small servers. */
+int64_t pb_recv_with_fds(int socket, void *buffer, size_t length, int *fds, int max_fds, int *fd_count);
+
+/* poll(fd, POLLIN|POLLRDHUP, 0): 1 if the peer closed its end or the socket failed (POLLHUP,
+ * POLLRDHUP, POLLERR) , 0 if not, -1 on error. Never blocks and reads nothing. */
+int pb_socket_peer_closed(int socket);
+
 #endif
