@@ -159,7 +159,12 @@ final class AdminClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.finish(AdminClientError(.protocolError, socketPath: "", reason: "\(error)"))
+        // A socket error (the broker closed with our request unread: ECONNRESET, EPIPE) is the
+        // connection closing, not the broker speaking badly; only what the decoder refuses is a
+        // protocol error. Seen as a rare failure of "shutdown closes open admin connections".
+        let code: AdminClientError.Code =
+            error is IOError || error is ChannelError ? .connectionClosed : .protocolError
+        self.finish(AdminClientError(code, socketPath: "", reason: "\(error)"))
         context.close(promise: nil)
     }
 

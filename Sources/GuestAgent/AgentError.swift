@@ -91,7 +91,7 @@ public struct AgentError: Error, Hashable, Sendable, CustomStringConvertible, Re
     public var description: String {
         var text = "AgentError(\(self.code)"
         if let reason { text += ", \(reason.stableName)" }
-        if let memoryCode { text += ", \(MemoryAttachment.name(of: memoryCode))" }
+        if let memoryCode { text += ", \(memoryCode.stableName)" }
         if let retryAfter { text += ", retry after \(retryAfter)" }
         if !self.message.isEmpty { text += ": \(self.message)" }
         return text + ")"

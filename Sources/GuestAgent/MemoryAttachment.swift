@@ -247,7 +247,7 @@ public final class MemoryAttachment: Sendable {
             throw AgentError(
                 code: .memoryAttachRefused,
                 memoryCode: response.code,
-                message: "the broker answered \(Self.name(of: response.code)): \(response.message)"
+                message: "the broker answered \(response.code.stableName): \(response.message)"
             )
         }
     }
@@ -293,28 +293,6 @@ public final class MemoryAttachment: Sendable {
 
     /// Generous: answers are a code and a line of text.
     static let maxMessageSize = 65_536
-
-    /// The stable name of a memory code, as the docs list it (`permission_denied`).
-    public static func name(of code: Pagebroker_V1_MemoryCode) -> String {
-        switch code {
-        case .unspecified: "unspecified"
-        case .ok: "ok"
-        case .permissionDenied: "permission_denied"
-        case .unknownGuest: "unknown_guest"
-        case .noDescriptor: "no_descriptor"
-        case .notSharedMemory: "not_shared_memory"
-        case .readOnly: "read_only"
-        case .sizeMismatch: "size_mismatch"
-        case .notSealed: "not_sealed"
-        case .writeSealed: "write_sealed"
-        case .alreadyAttached: "already_attached"
-        case .invalidGeometry: "invalid_geometry"
-        case .protocolViolation: "protocol_violation"
-        case .unsupportedVersion: "unsupported_version"
-        case .shuttingDown: "shutting_down"
-        case .UNRECOGNIZED(let value): "unrecognized_\(value)"
-        }
-    }
 
     private static func errnoText() -> String {
         let number = errno

@@ -56,11 +56,11 @@ struct MemoryAttachmentTests {
             } catch {
                 #expect(error.code == .memoryAttachRefused)
                 #expect(error.memoryCode == code)
-                #expect("\(error)".contains(MemoryAttachment.name(of: code)))
+                #expect("\(error)".contains(code.stableName))
             }
             #expect(!attachment.isAttached)
         }
-        #expect(MemoryAttachment.name(of: .writeSealed) == "write_sealed")
+        #expect(Pagebroker_V1_MemoryCode.writeSealed.stableName == "write_sealed")
         #expect(try attachment.ensureAttached(tenant: "t1", guest: "g1"))
     }
 

@@ -2,21 +2,8 @@
 import Glibc
 #endif
 
-/// Who is at the other end of an admin connection, as the kernel saw it when the
-/// peer connected (`SO_PEERCRED`): not something the peer can claim.
-public struct AdminPeer: Hashable, Sendable, CustomStringConvertible {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-    }
-
-    public var description: String { "pid \(self.pid) uid \(self.uid) gid \(self.gid)" }
-}
+/// Who is at the other end of an admin connection.
+public typealias AdminPeer = PeerCredentials
 
 /// Which peers may use the admin socket.
 ///

@@ -1,18 +1,6 @@
-/// Who is at the other end of a memory socket connection, as the kernel saw it when the peer
-/// connected (`SO_PEERCRED`): not something the peer can claim.
-public struct MemoryPeer: Hashable, Sendable, CustomStringConvertible {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-    }
-
-    public var description: String { "pid \(self.pid) uid \(self.uid) gid \(self.gid)" }
-}
+/// Who is at the other end of a memory socket connection: the same `SO_PEERCRED` triple as the
+/// admin socket's peer.
+public typealias MemoryPeer = PeerCredentials
 
 /// Which processes may attach memory for the guests of one tenant (`tenants.NAME.memory` in the
 /// configuration).
