@@ -15,6 +15,18 @@ final class MemoryAttacher: Sendable {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("scripts/memory-attach").path
 
+    /// A copy of the script another user can read: the checkout may sit under a directory only
+    /// its owner can enter (a clone in `mktemp -d`), where `runuser -u nobody` cannot reach it.
+    static let scriptForOtherUsers: String = {
+        let copy = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "pagebroker-memory-attach-\(getpid())"
+        ).path
+        try? FileManager.default.removeItem(atPath: copy)
+        try! FileManager.default.copyItem(atPath: script, toPath: copy)
+        try! FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: copy)
+        return copy
+    }()
+
     /// Starts the attacher; `user` runs it as that user (through `runuser`; the test is root).
     init(socket: String, tenant: String, guest: String, _ options: [String], user: String? = nil) throws {
         var stdinPipe: [CInt] = [0, 0]
@@ -27,7 +39,8 @@ final class MemoryAttacher: Sendable {
         posix_spawn_file_actions_adddup2(&actions, stdinPipe[0], 0)
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, stdoutPipe[1], 2)
-        let command = ["/usr/bin/env", "python3", Self.script, socket, tenant, guest] + options
+        let script = user == nil ? Self.script : Self.scriptForOtherUsers
+        let command = ["/usr/bin/env", "python3", script, socket, tenant, guest] + options
         let full = user.map { ["/usr/sbin/runuser", "-u", $0, "--"] + command } ?? command
         let argv = full.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
