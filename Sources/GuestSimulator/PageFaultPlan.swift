@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The order in which `pagebroker-agent bench page-fault` runs its phases, and how it reads
 /// the figures they give.
 ///
@@ -77,6 +81,41 @@ public struct PageFaultRounds: Sendable, Hashable {
     public var medianOff: Double { Self.median(self.off) }
     /// The median of the rounds with reporting on.
     public var medianOn: Double { Self.median(self.on) }
+
+    /// A distribution-free confidence interval for the median of the rounds' ratios (see
+    /// ``medianInterval(_:confidence:)``); nil when there are too few rounds for one.
+    public func ratioInterval(confidence: Double = 0.95) -> ClosedRange<Double>? {
+        Self.medianInterval(self.ratios, confidence: confidence)
+    }
+
+    /// A confidence interval for the median of the distribution `values` were drawn from,
+    /// from their order statistics alone (no assumption about that distribution, which on a
+    /// shared machine is anything but normal): with the values sorted, `[x(k), x(n+1-k)]` holds
+    /// the median with probability `1 - 2 P(B < k)`, `B` binomial(n, 1/2), and `k` is the
+    /// largest rank that keeps that at least `confidence`. Nil when even `[min, max]` falls
+    /// short (fewer than 6 values at 95%).
+    public static func medianInterval(_ values: [Double], confidence: Double = 0.95) -> ClosedRange<Double>? {
+        precondition(confidence > 0 && confidence < 1, "a confidence level is a probability")
+        let n = values.count
+        guard n > 0 else { return nil }
+        let sorted = values.sorted()
+        // P(B = i) in logarithms, so that large counts do not underflow 2^-n.
+        let logHalfToN = Double(n) * log(0.5)
+        func probability(_ i: Int) -> Double {
+            exp(lgamma(Double(n + 1)) - lgamma(Double(i + 1)) - lgamma(Double(n - i + 1)) + logHalfToN)
+        }
+        // P(B < k), grown one term at a time while the interval [x(k), x(n+1-k)] still
+        // reaches the confidence asked for.
+        var below = 0.0
+        var rank = 0
+        for k in 1...((n + 1) / 2) {
+            below += probability(k - 1)
+            guard 1 - 2 * below >= confidence else { break }
+            rank = k
+        }
+        guard rank > 0 else { return nil }
+        return sorted[rank - 1]...sorted[n - rank]
+    }
 
     /// The middle value, or the mean of the two middle ones; 0 for no values.
     public static func median(_ values: [Double]) -> Double {

@@ -117,10 +117,12 @@ struct PageFaultBench: ParsableCommand {
             opsPerSecondOn: rounds.medianOn,
             opsPerSecondOff: rounds.medianOff,
             ratio: rounds.medianRatio,
+            ratioInterval: rounds.ratioInterval().map { [$0.lowerBound, $0.upperBound] },
             roundRatios: rounds.ratios,
             opsPerCPUSecondOn: perCPU.medianOn,
             opsPerCPUSecondOff: perCPU.medianOff,
             cpuRatio: perCPU.medianRatio,
+            cpuRatioInterval: perCPU.ratioInterval().map { [$0.lowerBound, $0.upperBound] },
             roundCPURatios: perCPU.ratios,
             discardedBytes: phases.reduce(0) { $0 + $1.flushDiscardedBytes + $1.discardedBytes },
             zeroingSkippedBytes: counted.reduce(0) { $0 + $1.zeroingSkippedBytes },
@@ -141,14 +143,23 @@ struct PageFaultBench: ParsableCommand {
         stderr.write(
             "page-fault: order \(self.order), \(self.threads) threads, \(self.backing.rawValue), medians of \(self.repeat) rounds: "
                 + "on \(String(format: "%.0f", result.opsPerSecondOn)) ops/s, off \(String(format: "%.0f", result.opsPerSecondOff)) ops/s, "
-                + "ratio \(String(format: "%.4f", result.ratio)) (rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
-                + "per CPU second \(String(format: "%.4f", result.cpuRatio)) (rounds: \(perCPU.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
+                + "ratio \(String(format: "%.4f", result.ratio)) (\(Self.describe(rounds.ratioInterval()))rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
+                + "per CPU second \(String(format: "%.4f", result.cpuRatio)) (\(Self.describe(perCPU.ratioInterval()))rounds: \(perCPU.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
                 + "discarded \(Units.formatBytes(result.discardedBytes)), load average \(loadBefore.map { Units.fixed($0, 2) } ?? "?") -> \(loadAfter.map { Units.fixed($0, 2) } ?? "?")\n"
         )
         if self.json {
             var stdout = FileHandleStream.standardOutput
             stdout.write(result.json() + "\n")
         }
+    }
+}
+
+extension PageFaultBench {
+    /// "95% CI a–b; " for the summary line, or why there is none.
+    static func describe(_ interval: ClosedRange<Double>?) -> String {
+        guard let interval else { return "no 95% CI with fewer than 6 rounds; " }
+        return
+            "95% CI of the median \(String(format: "%.3f", interval.lowerBound))–\(String(format: "%.3f", interval.upperBound)); "
     }
 }
 
@@ -165,11 +176,15 @@ struct PageFaultResult: Encodable {
     var opsPerSecondOn: Double
     var opsPerSecondOff: Double
     var ratio: Double
+    /// A 95% confidence interval for the median ratio (``PageFaultRounds/ratioInterval(confidence:)``),
+    /// `[low, high]`; absent with fewer than 6 rounds.
+    var ratioInterval: [Double]?
     var roundRatios: [Double]
     /// The same per second of CPU time (``PageFaultPhaseFigures/opsPerCPUSecond``).
     var opsPerCPUSecondOn: Double
     var opsPerCPUSecondOff: Double
     var cpuRatio: Double
+    var cpuRatioInterval: [Double]?
     var roundCPURatios: [Double]
     var discardedBytes: Int
     var zeroingSkippedBytes: Int
@@ -191,10 +206,12 @@ struct PageFaultResult: Encodable {
         case opsPerSecondOn = "ops_per_second_on"
         case opsPerSecondOff = "ops_per_second_off"
         case ratio
+        case ratioInterval = "ratio_interval_95"
         case roundRatios = "round_ratios"
         case opsPerCPUSecondOn = "ops_per_cpu_second_on"
         case opsPerCPUSecondOff = "ops_per_cpu_second_off"
         case cpuRatio = "cpu_ratio"
+        case cpuRatioInterval = "cpu_ratio_interval_95"
         case roundCPURatios = "round_cpu_ratios"
         case discardedBytes = "discarded_bytes"
         case zeroingSkippedBytes = "zeroing_skipped_bytes"

@@ -59,6 +59,26 @@ import Testing
         #expect(ratios.count == 2)
         for (index, ratio) in ratios.enumerated() { #expect(abs(ratio - on[index] / off[index]) < 1e-9) }
         #expect(abs((object["ratio"] as? Double ?? 0) - (ratios[0] + ratios[1]) / 2) < 1e-9)
+        // Two rounds are too few for a 95% interval of the median: none is claimed.
+        #expect(object["ratio_interval_95"] == nil)
+        #expect(output.stderr.contains("no 95% CI with fewer than 6 rounds"), "\(output.stderr)")
+    }
+
+    /// With six rounds, the fewest that give one, the 95% interval of the median ratio is the
+    /// rounds' smallest to largest ratio (1 - 2/64 of coverage), for wall time and CPU time alike.
+    @Test func benchPageFaultGivesTheMediansConfidenceInterval() throws {
+        let output = try self.runner.agent([
+            "bench", "page-fault", "--threads", "1", "--order", "4", "--duration", "50ms", "--repeat", "6",
+            "--memory", "8MiB", "--delay", "20ms", "--report-order", "4", "--no-warm-up", "--json",
+        ])
+        #expect(output.status == 0, "\(output.stderr)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(output.stdout.utf8)) as? [String: Any])
+        for (key, interval) in [("round_ratios", "ratio_interval_95"), ("round_cpu_ratios", "cpu_ratio_interval_95")] {
+            let ratios = try #require(object[key] as? [Double])
+            #expect(ratios.count == 6)
+            #expect(object[interval] as? [Double] == [ratios.min()!, ratios.max()!], "\(object)")
+        }
+        #expect(output.stderr.contains("95% CI of the median "), "\(output.stderr)")
     }
 
     func runFlags(_ extra: [String]) throws -> SimulateCommandTests.Output {

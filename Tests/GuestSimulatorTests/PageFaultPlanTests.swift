@@ -51,4 +51,32 @@ import Testing
         #expect(PageFaultRounds.median([]) == 0)
         #expect(PageFaultRounds(off: [0], on: [5]).ratios == [0])
     }
+
+    @Test func medianIntervalComesFromTheBinomialOrderStatistics() {
+        let values = (1...15).map(Double.init).shuffled()
+        // n = 15 at 95%: ranks 4 and 12 (coverage 1 - 2 * 576 / 32768 = 0.965; ranks 5 and 11
+        // would cover only 0.882).
+        #expect(PageFaultRounds.medianInterval(values) == 4...12)
+        // n = 20: ranks 6 and 15 (0.959).
+        #expect(PageFaultRounds.medianInterval((1...20).map(Double.init)) == 6...15)
+        // n = 6 is the fewest with a 95% interval: min to max covers 1 - 2/64.
+        #expect(PageFaultRounds.medianInterval([3, 1, 2, 6, 5, 4]) == 1...6)
+        #expect(PageFaultRounds.medianInterval([1, 2, 3, 4, 5]) == nil)
+        #expect(PageFaultRounds.medianInterval([]) == nil)
+        // A lower level gives a narrower interval: n = 5 at 90% is min to max (0.9375).
+        #expect(PageFaultRounds.medianInterval([5, 4, 3, 2, 1], confidence: 0.9) == 1...5)
+        // Large counts do not underflow: n = 2001 at 95% is the median's rank 1001 -/+ ~44.
+        let many = PageFaultRounds.medianInterval((1...2001).map(Double.init))!
+        #expect(many.lowerBound > 950 && many.lowerBound < 1001)
+        #expect(many.upperBound == Double(2002) - many.lowerBound)
+    }
+
+    @Test func ratioIntervalIsOverTheRoundsRatios() {
+        let off = [Double](repeating: 100, count: 7)
+        let on: [Double] = [90, 99, 101, 100, 98, 102, 120]
+        let rounds = PageFaultRounds(off: off, on: on)
+        // n = 7 at 95%: ranks 1 and 7 (1 - 2/128).
+        #expect(rounds.ratioInterval() == 0.9...1.2)
+        #expect(PageFaultRounds(off: [1, 1], on: [1, 1]).ratioInterval() == nil)
+    }
 }
