@@ -141,7 +141,7 @@ struct PageFaultBench: ParsableCommand {
             loadAverageAfter: loadAfter
         )
         stderr.write(
-            "page-fault: order \(self.order), \(self.threads) threads, \(self.backing.rawValue), medians of \(self.repeat) rounds: "
+            "page-fault: order \(self.order), \(self.threads) thread\(self.threads == 1 ? "" : "s"), \(self.backing.rawValue), medians of \(self.repeat) rounds: "
                 + "on \(String(format: "%.0f", result.opsPerSecondOn)) ops/s, off \(String(format: "%.0f", result.opsPerSecondOff)) ops/s, "
                 + "ratio \(String(format: "%.4f", result.ratio)) (\(Self.describe(rounds.ratioInterval()))rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
                 + "per CPU second \(String(format: "%.4f", result.cpuRatio)) (\(Self.describe(perCPU.ratioInterval()))rounds: \(perCPU.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
