@@ -36,10 +36,14 @@ final class FrameTable: @unchecked Sendable {
     @usableFromInline let flags: UnsafeMutablePointer<UInt8>
     /// One bit per frame: the host holds the frame's memory discarded.
     @usableFromInline let discarded: UnsafeMutablePointer<UInt64>
+    /// As many words as ``discarded``, every bit set: what an allocation of a block larger than
+    /// a word tests instead of the bitmap, so that it always makes the full check (see
+    /// `Zone.discardGate(order:)`). Never written after init.
+    @usableFromInline let allSet: UnsafeMutablePointer<UInt64>
     @usableFromInline let count: Int
 
     /// Bytes of metadata per frame, for the docs and the benchmark's memory figure.
-    /// (The discarded bitmap adds one bit a frame, rounded down here.)
+    /// (The discarded bitmap and its all-set twin add two bits a frame, rounded down here.)
     static let bytesPerFrame = MemoryLayout<UInt32>.size * 2 + MemoryLayout<UInt8>.size * 2
 
     init(count: Int) {
@@ -50,6 +54,8 @@ final class FrameTable: @unchecked Sendable {
         self.flags = .allocate(capacity: count)
         self.discarded = .allocate(capacity: (count + 63) / 64)
         self.discarded.initialize(repeating: 0, count: (count + 63) / 64)
+        self.allSet = .allocate(capacity: (count + 63) / 64)
+        self.allSet.initialize(repeating: .max, count: (count + 63) / 64)
         self.next.initialize(repeating: FrameTable.none, count: count)
         self.prev.initialize(repeating: FrameTable.none, count: count)
         self.order.initialize(repeating: 0, count: count)
@@ -62,6 +68,7 @@ final class FrameTable: @unchecked Sendable {
         self.order.deallocate()
         self.flags.deallocate()
         self.discarded.deallocate()
+        self.allSet.deallocate()
     }
 
     @inlinable @inline(__always)

@@ -53,9 +53,44 @@ public final class Zone: @unchecked Sendable {
         set { self.counters.pointee.allocatedPages = newValue }
     }
     /// Frames whose memory the host has discarded (see ``LockedZone/markDiscarded(frame:order:)``).
+    /// Setting it keeps the discard gates in step (see ``discardGate(order:)``).
     @inlinable var discardedPages: Int {
         get { self.counters.pointee.discardedPages }
-        set { self.counters.pointee.discardedPages = newValue }
+        set {
+            let had = self.counters.pointee.discardedPages != 0
+            self.counters.pointee.discardedPages = newValue
+            if had != (newValue != 0) { self.updateDiscardGates() }
+        }
+    }
+
+    /// The bitmap an allocation of `order` tests for discarded frames, or zero: one word per
+    /// order stored right after the zone's counters. Zero while nothing in the zone is
+    /// discarded; else the discarded bitmap for a block that lies in one word (up to 64 frames),
+    /// and ``FrameTable/allSet`` for a larger block, whose word then always sends the
+    /// allocation to the full check.
+    ///
+    /// Read at a fixed offset from the counters pointer the allocation holds anyway, and
+    /// compared with zero in memory, it costs a reporting-off allocation the one compare and
+    /// branch that `discardedPages > 0` cost; a reporting-on allocation reads it again to test
+    /// the word, without the separate test of the block's size.
+    @inlinable @inline(__always)
+    func discardGate(order: Int) -> UInt {
+        UnsafeRawPointer(self.counters).load(
+            fromByteOffset: MemoryLayout<ZoneCounters>.stride &+ order &* MemoryLayout<UInt>.stride,
+            as: UInt.self
+        )
+    }
+
+    /// Rewrites the discard gates after ``discardedPages`` went from zero to nonzero or back.
+    @usableFromInline
+    func updateDiscardGates() {
+        let gates = (UnsafeMutableRawPointer(self.counters) + MemoryLayout<ZoneCounters>.stride)
+            .assumingMemoryBound(to: UInt.self)
+        let any = self.counters.pointee.discardedPages != 0
+        for order in 0..<self.orderCount {
+            let words = order <= 6 ? self.table.discarded : self.table.allSet
+            gates[order] = any ? UInt(bitPattern: words) : 0
+        }
     }
     /// Pageblocks currently marked `isolate` (the kernel's `has_isolate_pageblock`).
     @inlinable var isolatePageblocks: Int {
@@ -86,7 +121,13 @@ public final class Zone: @unchecked Sendable {
         self.orderCount = orderCount
         self.pageblockOrder = pageblockOrder
         self.reuseRuns = .allocate(capacity: Zone.reuseBatchCapacity * 2)
-        self.counters = .allocate(capacity: 1)
+        // The counters, then one discard gate word per order (see discardGate(order:)).
+        let counters = UnsafeMutableRawPointer.allocate(
+            byteCount: MemoryLayout<ZoneCounters>.stride + orderCount * MemoryLayout<UInt>.stride,
+            alignment: max(MemoryLayout<ZoneCounters>.alignment, MemoryLayout<UInt>.alignment)
+        )
+        (counters + MemoryLayout<ZoneCounters>.stride).initializeMemory(as: UInt.self, repeating: 0, count: orderCount)
+        self.counters = counters.bindMemory(to: ZoneCounters.self, capacity: 1)
         self.counters.initialize(to: ZoneCounters(watermarks: watermarks))
         let lists = orderCount * Migratetype.count
         self.heads = .allocate(capacity: lists)
@@ -99,7 +140,7 @@ public final class Zone: @unchecked Sendable {
 
     deinit {
         self.counters.deinitialize(count: 1)
-        self.counters.deallocate()
+        UnsafeMutableRawPointer(self.counters).deallocate()
         self.reuseRuns.deallocate()
         self.heads.deallocate()
         self.tails.deallocate()
@@ -364,21 +405,32 @@ public final class Zone: @unchecked Sendable {
     @inlinable
     func allocateLocked(order: Int, migratetype: Migratetype) -> Int? {
         guard let frame = self.rmqueue(order: order, migratetype: migratetype) else { return nil }
-        self.table.setHead(frame, state: .allocated, order: order, migratetype: migratetype)
-        self.allocatedPages &+= 1 &<< order
-        if self.discardedPages > 0 {
-            self.clearDiscarded(frame, count: 1 &<< order)
+        // The test of clearDiscarded(_:count:), through the gate. The gate is tested before the
+        // stores and read again after them, so that the test stays one compare of memory with
+        // zero (a value kept for later would be loaded into a register and tested: one more
+        // instruction in every allocation, reporting off included). The two paths make the same
+        // stores in different orders, which keeps the optimiser from merging them and moving
+        // the branch after them.
+        if self.discardGate(order: order) == 0 {
+            self.table.setHead(frame, state: .allocated, order: order, migratetype: migratetype)
+            self.allocatedPages &+= 1 &<< order
+            return frame
         }
+        self.allocatedPages &+= 1 &<< order
+        self.table.setHead(frame, state: .allocated, order: order, migratetype: migratetype)
+        let words = UnsafePointer<UInt64>(bitPattern: self.discardGate(order: order)).unsafelyUnwrapped
+        if words[frame &>> 6] != 0 { self.clearDiscardedFound(frame, count: 1 &<< order) }
         return frame
     }
 
     /// Clears the discarded bits of `count` frames from `frame` (a block) and tells the reuse
     /// observer about each run.
     ///
-    /// Once the host has discarded anything, every allocation comes here, and almost every one
-    /// finds no discarded frame in its block: that test is inlined into the allocation, and only a
-    /// block with discarded frames pays for the call (on the simulator's churn workload the call
-    /// alone was three quarters of reporting's whole cost in instructions).
+    /// Once the host has discarded anything, every allocation makes this test, and almost every
+    /// one finds no discarded frame in its block: the test is inlined into the allocation, and
+    /// only a block with discarded frames pays for the call (on the simulator's churn workload
+    /// the call alone was three quarters of reporting's whole cost in instructions).
+    /// ``allocateLocked(order:migratetype:)`` makes the same test through ``discardGate(order:)``.
     @inlinable @inline(__always)
     func clearDiscarded(_ frame: Int, count: Int) {
         // An aligned block of up to 64 frames lies in one bitmap word: if no frame of that word

@@ -10,17 +10,22 @@ import Synchronization
 /// in its window, and time never goes backwards.
 public final class VirtualClock: ReportingScheduler {
     private struct Event {
-        var due: Duration
-        var sequence: UInt64
+        /// When the event falls due, in attoseconds (`Duration.attoseconds`): comparing two
+        /// `Int128`s is inlined, where `Duration`'s `<` is a call into the standard library.
+        var due: Int128
         var handle: VirtualScheduledWork
         var work: @Sendable () -> Void
     }
 
     private struct State {
-        var now: Duration = .zero
-        var sequence: UInt64 = 0
-        // Sorted by (due, sequence); popped from the front. Few events are ever pending at
-        // once (a pass, a workload step, a sampler), so a sorted array beats a heap here.
+        /// The current time, in attoseconds.
+        var now: Int128 = 0
+        // Sorted latest first, so the next event is popped from the end and one scheduled for
+        // sooner than everything pending (a workload step) is appended: neither moves the other
+        // events, where popping from the front moved all of them every time. Among events due
+        // at the same time the one scheduled first is nearer the end, so ties run in the order
+        // scheduled. Few events are ever pending at once (a pass, a workload step, a sampler),
+        // so a sorted array beats a heap here.
         var events: [Event] = []
     }
 
@@ -28,14 +33,16 @@ public final class VirtualClock: ReportingScheduler {
 
     public init() {}
 
-    public var now: Duration { self.state.withLock { $0.now } }
+    public var now: Duration { Duration(attoseconds: self.state.withLock { $0.now }) }
 
     /// Number of events waiting to fall due.
     public var pendingCount: Int { self.state.withLock { state in state.events.count { !$0.handle.isCancelled } } }
 
     /// When the next event falls due, if any.
     public var nextDue: Duration? {
-        self.state.withLock { state in state.events.first { !$0.handle.isCancelled }?.due }
+        self.state.withLock { state in
+            state.events.last { !$0.handle.isCancelled }.map { Duration(attoseconds: $0.due) }
+        }
     }
 
     @discardableResult
@@ -47,17 +54,20 @@ public final class VirtualClock: ReportingScheduler {
     @discardableResult
     public func schedule(at due: Duration, _ work: @escaping @Sendable () -> Void) -> any ScheduledWork {
         let handle = VirtualScheduledWork()
+        let due = due.attoseconds
         self.state.withLock { state in
-            let event = Event(due: max(due, state.now), sequence: state.sequence, handle: handle, work: work)
-            state.sequence += 1
+            let due = max(due, state.now)
+            // The first position whose event is not due later than this one: the new event goes
+            // before every event due at the same time, which were all scheduled earlier. Only
+            // the due times are read, in place (copying an event would retain its handle and
+            // its closure).
             var low = 0
             var high = state.events.count
             while low < high {
-                let mid = (low + high) / 2
-                let other = state.events[mid]
-                if (other.due, other.sequence) < (event.due, event.sequence) { low = mid + 1 } else { high = mid }
+                let mid = (low &+ high) &>> 1
+                if state.events[mid].due > due { low = mid &+ 1 } else { high = mid }
             }
-            state.events.insert(event, at: low)
+            state.events.insert(Event(due: due, handle: handle, work: work), at: low)
         }
         return handle
     }
@@ -69,15 +79,16 @@ public final class VirtualClock: ReportingScheduler {
 
     /// Advances time to `target`, running everything due at or before it, in order.
     public func advance(to target: Duration) {
+        let target = target.attoseconds
         while true {
             let next: Event? = self.state.withLock { state in
-                guard let first = state.events.first, first.due <= target else {
+                guard let last = state.events.indices.last, state.events[last].due <= target else {
                     state.now = max(state.now, target)
                     return nil
                 }
-                state.events.removeFirst()
-                state.now = max(state.now, first.due)
-                return first
+                let event = state.events.removeLast()
+                state.now = max(state.now, event.due)
+                return event
             }
             guard let event = next else { return }
             if event.handle.start() { event.work() }
