@@ -10,7 +10,11 @@
 // Each pair runs K times (default 5), interleaved (b, a, c, d, b, a, …) so drift on a shared
 // machine hits every pair alike; the figures shown are the medians. Beside wall-clock rates the
 // bench shows the client's CPU time per round trip (getrusage), which load on the machine
-// disturbs far less than the rate.
+// disturbs far less than the rate. Against the C server each run also shows what the server
+// counted on that one connection (its "CONN" line): TCP segments each way per frame from the
+// kernel's TCP_INFO (exact, and blind to any other traffic on the machine), TLS records each way
+// per frame, and the negotiated protocol and cipher suite, so that pairs (a) and (b) can be
+// checked to be like for like.
 import Foundation
 import NIOCore
 import NIOPosix
@@ -56,13 +60,18 @@ struct Figures {
     var ratePerSecond: Double
     /// Client CPU time (user + system) per round trip.
     var cpuMicroseconds: Double
+    /// The system (kernel) part of `cpuMicroseconds`.
+    var systemMicroseconds: Double
+    /// What the C server counted on this connection, when it was the server.
+    var connection: ServerCounts?
 
-    init(name: String, p50: Double, p99: Double, rate: Double, cpu: Double) {
+    init(name: String, p50: Double, p99: Double, rate: Double, cpu: Double, system: Double) {
         self.name = name
         self.p50Microseconds = p50
         self.p99Microseconds = p99
         self.ratePerSecond = rate
         self.cpuMicroseconds = cpu
+        self.systemMicroseconds = system
     }
 
     /// Parses the C client's "RESULT ... p50_us=.. p99_us=.. rate_per_s=.." line.
@@ -73,11 +82,44 @@ struct Figures {
             if pair.count == 2 { fields[String(pair[0])] = Double(pair[1]) }
         }
         guard let p50 = fields["p50_us"], let p99 = fields["p99_us"], let rate = fields["rate_per_s"],
-            let cpu = fields["cpu_us"]
+            let cpu = fields["cpu_us"], let system = fields["sys_us"]
         else {
             throw BenchError("unexpected C client output: \(resultLine)")
         }
-        self.init(name: name, p50: p50, p99: p99, rate: rate, cpu: cpu)
+        self.init(name: name, p50: p50, p99: p99, rate: rate, cpu: cpu, system: system)
+    }
+}
+
+/// The C echo server's "CONN key=value ..." line for one connection: counts per frame include
+/// the warm-up rounds and the handshake (a handful of segments and records in thousands).
+struct ServerCounts {
+    var fields: [String: String] = [:]
+
+    init(line: String) throws {
+        guard line.hasPrefix("CONN ") else { throw BenchError("expected CONN ..., got \(line)") }
+        for part in line.dropFirst(5).split(separator: " ") {
+            let pair = part.split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { self.fields[String(pair[0])] = String(pair[1]) }
+        }
+    }
+
+    /// `key`'s count divided by the frames echoed.
+    func perFrame(_ key: String) -> Double {
+        guard let value = Double(self.fields[key] ?? ""), let frames = Double(self.fields["frames"] ?? ""), frames > 0
+        else { return .nan }
+        return value / frames
+    }
+
+    /// Per frame: the client's segments out and in, its records out and in, the server's reads.
+    var summary: String {
+        String(
+            format: "client segments out/in %.3f/%.3f, records out/in %.3f/%.3f, server reads %.3f per frame",
+            self.perFrame("segs_in"),
+            self.perFrame("segs_out"),
+            self.perFrame("records_in"),
+            self.perFrame("records_out"),
+            self.perFrame("reads")
+        ) + ", \(self.fields["version"] ?? "?") \(self.fields["cipher"] ?? "?")"
     }
 }
 
@@ -193,12 +235,23 @@ final class RoundTripHandler: ChannelInboundHandler {
     private var sentAt: UInt64 = 0
     private var started = false
     private var cpuAtStart = 0.0
+    private var systemAtStart = 0.0
     /// Set when done: the process's CPU time per measured round (the NIO client is the only
     /// busy thread in this process while it runs).
     private let cpuPerRound: CPUFigure
+    /// Set when done: the system part of `cpuPerRound`.
+    private let systemPerRound: CPUFigure
 
-    init(size: Int, warmup: Int, rounds: Int, done: EventLoopPromise<[UInt64]>, cpuPerRound: CPUFigure) {
+    init(
+        size: Int,
+        warmup: Int,
+        rounds: Int,
+        done: EventLoopPromise<[UInt64]>,
+        cpuPerRound: CPUFigure,
+        systemPerRound: CPUFigure
+    ) {
         self.cpuPerRound = cpuPerRound
+        self.systemPerRound = systemPerRound
         var frame = ByteBuffer()
         frame.writeInteger(UInt32(size))
         frame.writeBytes((0..<size).map { UInt8(truncatingIfNeeded: $0) })
@@ -231,12 +284,14 @@ final class RoundTripHandler: ChannelInboundHandler {
         if self.round == self.warmup {
             self.latencies.append(now)  // start marker, removed below
             self.cpuAtStart = processCPUMicroseconds()
+            self.systemAtStart = processSystemMicroseconds()
         } else if self.round > self.warmup {
             self.latencies.append(now - self.sentAt)
         }
         self.round += 1
         if self.round > self.warmup + self.rounds {
             self.cpuPerRound.store((processCPUMicroseconds() - self.cpuAtStart) / Double(self.rounds))
+            self.systemPerRound.store((processSystemMicroseconds() - self.systemAtStart) / Double(self.rounds))
             self.done.succeed(self.latencies)
         } else {
             self.send(context: context)
@@ -254,6 +309,7 @@ func nioClient(name: String, port: Int, context: TLSContext, options: Options) a
     let done = group.any().makePromise(of: [UInt64].self)
     let loop = done.futureResult.eventLoop
     let cpuPerRound = CPUFigure()
+    let systemPerRound = CPUFigure()
     let channel = try await ClientBootstrap(group: loop)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -266,7 +322,8 @@ func nioClient(name: String, port: Int, context: TLSContext, options: Options) a
                         warmup: 200,
                         rounds: options.rounds,
                         done: done,
-                        cpuPerRound: cpuPerRound
+                        cpuPerRound: cpuPerRound,
+                        systemPerRound: systemPerRound
                     )
                 )
             }
@@ -284,7 +341,8 @@ func nioClient(name: String, port: Int, context: TLSContext, options: Options) a
         p50: Double(measured[measured.count / 2]) / 1000,
         p99: Double(measured[measured.count * 99 / 100]) / 1000,
         rate: Double(measured.count) / (total / 1e9),
-        cpu: cpuPerRound.load()
+        cpu: cpuPerRound.load(),
+        system: systemPerRound.load()
     )
 }
 
@@ -301,6 +359,19 @@ func processCPUMicroseconds() -> Double {
     getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
         + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}
+
+/// System (kernel) CPU time of this process so far, in microseconds.
+func processSystemMicroseconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_stime.tv_usec)
+}
+
+/// The first three fields of /proc/loadavg, to print beside each figure.
+func loadAverage() -> String {
+    guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return "?" }
+    return text.split(separator: " ").prefix(3).joined(separator: " ")
 }
 
 // MARK: NIO echo server (child process)
@@ -388,12 +459,14 @@ func main() async throws {
         nioServer.stop()
     }
 
+    let loadBefore = loadAverage()
     // Every pair K times, interleaved, so drift on a shared machine hits all of them alike.
     var runs: [String: [Figures]] = [:]
     func keep(_ figures: Figures) {
+        let counts = (figures.connection.map { "; \($0.summary)" } ?? "") + "; load \(loadAverage())"
         FileHandle.standardError.write(
             Data(
-                "\(figures.name): rate \(Int(figures.ratePerSecond))/s, client CPU \(String(format: "%.1f", figures.cpuMicroseconds)) µs/round trip\n"
+                "\(figures.name): rate \(Int(figures.ratePerSecond))/s, client CPU \(String(format: "%.1f (system %.1f)", figures.cpuMicroseconds, figures.systemMicroseconds)) µs/round trip\(counts)\n"
                     .utf8
             )
         )
@@ -407,9 +480,18 @@ func main() async throws {
         for pair in ["b", "a", "c", "d"] where options.pairs.contains(pair) {
             switch pair {
             case "a":
-                keep(try await nioClient(name: names["a"]!, port: cPort, context: clientContext, options: options))
+                var figures = try await nioClient(
+                    name: names["a"]!,
+                    port: cPort,
+                    context: clientContext,
+                    options: options
+                )
+                figures.connection = try ServerCounts(line: try await cServer.nextLine())
+                keep(figures)
             case "b":
-                keep(try await cClient(name: names["b"]!, port: cPort))
+                var figures = try await cClient(name: names["b"]!, port: cPort)
+                figures.connection = try ServerCounts(line: try await cServer.nextLine())
+                keep(figures)
             case "c":
                 keep(try await nioClient(name: names["c"]!, port: nioPort, context: clientContext, options: options))
             default:
@@ -426,18 +508,23 @@ func main() async throws {
     print(
         "round trips of a \(options.size)-byte frame (+4-byte length), \(options.rounds) per run, \(options.repeats) runs per pair interleaved, loopback mutual TLS 1.3; medians"
     )
-    print("pair                               p50 µs    p99 µs    round trips/s   client CPU µs/rt")
+    print("pair                               p50 µs    p99 µs    round trips/s   client CPU µs/rt (system)")
     for (name, figures) in runs.sorted(by: { $0.key < $1.key }) {
         print(
             name.padding(toLength: 34, withPad: " ", startingAt: 0)
                 + String(
-                    format: "%8.1f  %8.1f  %12.0f   %10.1f",
+                    format: "%8.1f  %8.1f  %12.0f   %10.1f (%.1f)",
                     median(figures.map(\.p50Microseconds)),
                     median(figures.map(\.p99Microseconds)),
                     median(figures.map(\.ratePerSecond)),
-                    median(figures.map(\.cpuMicroseconds))
+                    median(figures.map(\.cpuMicroseconds)),
+                    median(figures.map(\.systemMicroseconds))
                 )
         )
+    }
+    for (name, figures) in runs.sorted(by: { $0.key < $1.key }) {
+        guard let counts = figures.last?.connection else { continue }
+        print("\(name.prefix(3)) last run, as the C server counted it: \(counts.summary)")
     }
     guard let baseline = runs[names["b"]!] else { return }
     // The ratio of each run to the baseline run next to it, then the median of those ratios:
@@ -453,7 +540,18 @@ func main() async throws {
                     median(figures.map(\.ratePerSecond)) / median(baseline.map(\.ratePerSecond))
                 ) + ", runs " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
         )
+        // The issue's target is this one: client CPU per round trip, (a) over (b).
+        let cpuRatios = zip(figures, baseline).map { $0.cpuMicroseconds / $1.cpuMicroseconds }
+        print(
+            "client CPU ratio \(names[pair]!) / (b): median of per-run ratios "
+                + String(format: "%.2f", median(cpuRatios)) + " (ratio of medians "
+                + String(
+                    format: "%.2f",
+                    median(figures.map(\.cpuMicroseconds)) / median(baseline.map(\.cpuMicroseconds))
+                ) + ", runs " + cpuRatios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
+        )
     }
+    print("load average before: \(loadBefore), after: \(loadAverage())")
 }
 
 try await main()
