@@ -11,6 +11,9 @@
 //       records each way (the message callback sees every record header), and the server's
 //       own socket reads and writes (a BIO callback), so a client can be compared with another
 //       on the same kernel work.
+//   tls-echo-peer plain-server CERT KEY CA, tls-echo-peer plain-client PORT CERT KEY CA ROUNDS SIZE
+//       the same over plain TCP (the certificate arguments are ignored): the transport's own
+//       cost, so that what TLS adds on each side can be told from what the event loop costs.
 //   tls-echo-peer client PORT CERT KEY CA ROUNDS SIZE
 //       connects to 127.0.0.1:PORT, sends ROUNDS frames of SIZE body bytes one at a time,
 //       waiting for each echo, and prints
@@ -34,6 +37,9 @@
 #include <unistd.h>
 
 #define WARMUP_ROUNDS 200
+
+/// Plain TCP instead of TLS (plain-server, plain-client): every SSL * below is then NULL.
+static int plain;
 
 static void die(const char *what) {
     fprintf(stderr, "tls-echo-peer: %s\n", what);
@@ -83,15 +89,33 @@ static void print_connection(SSL *ssl, int fd, unsigned long frames) {
     printf("CONN frames=%lu segs_in=%u segs_out=%u data_segs_in=%u data_segs_out=%u records_in=%lu records_out=%lu "
            "reads=%lu writes=%lu cipher=%s version=%s\n",
            frames, info.tcpi_segs_in, info.tcpi_segs_out, info.tcpi_data_segs_in, info.tcpi_data_segs_out,
-           counters.records_in, counters.records_out, counters.reads, counters.writes, SSL_get_cipher_name(ssl),
-           SSL_get_version(ssl));
+           counters.records_in, counters.records_out, counters.reads, counters.writes,
+           ssl ? SSL_get_cipher_name(ssl) : "none", ssl ? SSL_get_version(ssl) : "plain-TCP");
     fflush(stdout);
 }
 
-static int read_full(SSL *ssl, unsigned char *buffer, size_t length) {
+static int read_full(SSL *ssl, int fd, unsigned char *buffer, size_t length) {
     size_t done = 0;
     while (done < length) {
-        int n = SSL_read(ssl, buffer + done, (int)(length - done));
+        int n;
+        if (ssl) {
+            n = SSL_read(ssl, buffer + done, (int)(length - done));
+        } else {
+            n = (int)read(fd, buffer + done, length - done);
+            counters.reads++;
+        }
+        if (n <= 0) return 0;
+        done += (size_t)n;
+    }
+    return 1;
+}
+
+static int write_all(SSL *ssl, int fd, const unsigned char *buffer, size_t length) {
+    if (ssl) return SSL_write(ssl, buffer, (int)length) > 0;
+    size_t done = 0;
+    while (done < length) {
+        ssize_t n = write(fd, buffer + done, length - done);
+        counters.writes++;
         if (n <= 0) return 0;
         done += (size_t)n;
     }
@@ -104,7 +128,7 @@ static void nodelay(int fd) {
 }
 
 static int serve(const char *cert, const char *key, const char *ca) {
-    SSL_CTX *ctx = make_context(1, cert, key, ca);
+    SSL_CTX *ctx = plain ? NULL : make_context(1, cert, key, ca);
     int listener = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = 0};
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -120,25 +144,28 @@ static int serve(const char *cert, const char *key, const char *ca) {
         int fd = accept(listener, NULL, NULL);
         if (fd < 0) continue;
         nodelay(fd);
-        SSL *ssl = SSL_new(ctx);
-        SSL_set_fd(ssl, fd);
         memset(&counters, 0, sizeof counters);
-        SSL_set_msg_callback(ssl, count_records);
-        BIO_set_callback_ex(SSL_get_rbio(ssl), count_io);  // one socket BIO for both directions
+        SSL *ssl = NULL;
+        if (!plain) {
+            ssl = SSL_new(ctx);
+            SSL_set_fd(ssl, fd);
+            SSL_set_msg_callback(ssl, count_records);
+            BIO_set_callback_ex(SSL_get_rbio(ssl), count_io);  // one socket BIO for both directions
+        }
         unsigned long frames = 0;
-        if (SSL_accept(ssl) == 1) {
-            while (read_full(ssl, frame, 4)) {
+        if (plain || SSL_accept(ssl) == 1) {
+            while (read_full(ssl, fd, frame, 4)) {
                 uint32_t body = ((uint32_t)frame[0] << 24) | ((uint32_t)frame[1] << 16) | ((uint32_t)frame[2] << 8) | frame[3];
-                if (body > (1u << 20) || !read_full(ssl, frame + 4, body)) break;
-                if (SSL_write(ssl, frame, (int)(4 + body)) <= 0) break;
+                if (body > (1u << 20) || !read_full(ssl, fd, frame + 4, body)) break;
+                if (!write_all(ssl, fd, frame, 4 + body)) break;
                 frames++;
             }
             print_connection(ssl, fd, frames);
-            SSL_shutdown(ssl);
+            if (ssl) SSL_shutdown(ssl);
         } else {
             ERR_print_errors_fp(stderr);
         }
-        SSL_free(ssl);
+        if (ssl) SSL_free(ssl);
         close(fd);
     }
     return 0;  // not reached: the bench stops the server with a signal
@@ -169,16 +196,18 @@ static uint64_t now_ns(void) {
 }
 
 static int run_client(int port, const char *cert, const char *key, const char *ca, int rounds, int size) {
-    SSL_CTX *ctx = make_context(0, cert, key, ca);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&address, sizeof address) != 0) die("connect");
     nodelay(fd);
-    SSL *ssl = SSL_new(ctx);
-    SSL_set_fd(ssl, fd);
-    SSL_set1_host(ssl, "localhost");
-    if (SSL_connect(ssl) != 1) die("SSL_connect");
+    SSL *ssl = NULL;
+    if (!plain) {
+        ssl = SSL_new(make_context(0, cert, key, ca));
+        SSL_set_fd(ssl, fd);
+        SSL_set1_host(ssl, "localhost");
+        if (SSL_connect(ssl) != 1) die("SSL_connect");
+    }
 
     unsigned char *frame = malloc(4 + (size_t)size), *echo = malloc(4 + (size_t)size);
     frame[0] = (unsigned char)(size >> 24);
@@ -197,15 +226,15 @@ static int run_client(int port, const char *cert, const char *key, const char *c
             system_started = system_us();
         }
         uint64_t t0 = now_ns();
-        if (SSL_write(ssl, frame, 4 + size) <= 0) die("SSL_write");
-        if (!read_full(ssl, echo, 4 + (size_t)size)) die("SSL_read");
+        if (!write_all(ssl, fd, frame, 4 + (size_t)size)) die("write");
+        if (!read_full(ssl, fd, echo, 4 + (size_t)size)) die("read");
         if (i >= 0) latency[i] = now_ns() - t0;
     }
     uint64_t total = now_ns() - started;
     double cpu = (cpu_us() - cpu_started) / rounds;
     double system = (system_us() - system_started) / rounds;
     if (memcmp(frame, echo, 4 + (size_t)size) != 0) die("echo differs");
-    SSL_shutdown(ssl);
+    if (ssl) SSL_shutdown(ssl);
 
     qsort(latency, (size_t)rounds, sizeof(uint64_t), compare);
     printf("RESULT rounds=%d p50_us=%.2f p99_us=%.2f mean_us=%.2f rate_per_s=%.0f cpu_us=%.2f sys_us=%.2f\n", rounds,
@@ -215,9 +244,11 @@ static int run_client(int port, const char *cert, const char *key, const char *c
 }
 
 int main(int argc, char **argv) {
-    if (argc == 5 && strcmp(argv[1], "server") == 0) return serve(argv[2], argv[3], argv[4]);
-    if (argc == 8 && strcmp(argv[1], "client") == 0)
+    plain = argc > 1 && strncmp(argv[1], "plain-", 6) == 0;
+    const char *mode = plain ? argv[1] + 6 : argc > 1 ? argv[1] : "";
+    if (argc == 5 && strcmp(mode, "server") == 0) return serve(argv[2], argv[3], argv[4]);
+    if (argc == 8 && strcmp(mode, "client") == 0)
         return run_client(atoi(argv[2]), argv[3], argv[4], argv[5], atoi(argv[6]), atoi(argv[7]));
-    fprintf(stderr, "usage: tls-echo-peer server CERT KEY CA | client PORT CERT KEY CA ROUNDS SIZE\n");
+    fprintf(stderr, "usage: tls-echo-peer [plain-]server CERT KEY CA | [plain-]client PORT CERT KEY CA ROUNDS SIZE\n");
     return 2;
 }

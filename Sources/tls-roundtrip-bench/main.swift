@@ -6,6 +6,10 @@
 // Pairs measured (client ↔ echo server, each a separate process except the NIO client):
 //   (a) NIO+handler client ↔ C server     (b) C client ↔ C server (baseline)
 //   (c) NIO+handler client ↔ NIO+handler server (child process)   (d) C client ↔ NIO+handler server
+//   (e) NIO client ↔ C server over plain TCP   (f) C client ↔ C server over plain TCP
+// (e) and (f) are the same exchange without TLS: (a) − (e) is what the handler and OpenSSL add
+// to a NIO client, (b) − (f) what OpenSSL adds to a C client, and (e) / (f) is NIO's own cost
+// against a blocking C loop, which no TLS handler can take away.
 // The figure of merit is rate(a) / rate(b): the handler's cost on one side of the exchange.
 // Each pair runs K times (default 5), interleaved (b, a, c, d, b, a, …) so drift on a shared
 // machine hits every pair alike; the figures shown are the medians. Beside wall-clock rates the
@@ -234,6 +238,7 @@ final class RoundTripHandler: ChannelInboundHandler {
     private var pendingBytes = 0
     private var sentAt: UInt64 = 0
     private var started = false
+    private let startOnActive: Bool
     private var cpuAtStart = 0.0
     private var systemAtStart = 0.0
     /// Set when done: the process's CPU time per measured round (the NIO client is the only
@@ -248,8 +253,10 @@ final class RoundTripHandler: ChannelInboundHandler {
         rounds: Int,
         done: EventLoopPromise<[UInt64]>,
         cpuPerRound: CPUFigure,
-        systemPerRound: CPUFigure
+        systemPerRound: CPUFigure,
+        startOnActive: Bool
     ) {
+        self.startOnActive = startOnActive
         self.cpuPerRound = cpuPerRound
         self.systemPerRound = systemPerRound
         var frame = ByteBuffer()
@@ -261,6 +268,15 @@ final class RoundTripHandler: ChannelInboundHandler {
         self.done = done
         self.latencies = []
         self.latencies.reserveCapacity(rounds + 1)
+    }
+
+    /// Plain TCP: start once connected, there is no handshake to wait for.
+    func channelActive(context: ChannelHandlerContext) {
+        if self.startOnActive && !self.started {
+            self.started = true
+            self.send(context: context)
+        }
+        context.fireChannelActive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -304,7 +320,8 @@ final class RoundTripHandler: ChannelInboundHandler {
     }
 }
 
-func nioClient(name: String, port: Int, context: TLSContext, options: Options) async throws -> Figures {
+/// `context` nil: plain TCP, no TLS handler in the pipeline.
+func nioClient(name: String, port: Int, context: TLSContext?, options: Options) async throws -> Figures {
     let group = MultiThreadedEventLoopGroup.singleton
     let done = group.any().makePromise(of: [UInt64].self)
     let loop = done.futureResult.eventLoop
@@ -313,9 +330,11 @@ func nioClient(name: String, port: Int, context: TLSContext, options: Options) a
     let channel = try await ClientBootstrap(group: loop)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(
-                    TLSTransport.clientHandler(context: context, serverHostname: "localhost")
-                )
+                if let context {
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSTransport.clientHandler(context: context, serverHostname: "localhost")
+                    )
+                }
                 try channel.pipeline.syncOperations.addHandler(
                     RoundTripHandler(
                         size: options.size,
@@ -323,7 +342,8 @@ func nioClient(name: String, port: Int, context: TLSContext, options: Options) a
                         rounds: options.rounds,
                         done: done,
                         cpuPerRound: cpuPerRound,
-                        systemPerRound: systemPerRound
+                        systemPerRound: systemPerRound,
+                        startOnActive: context == nil
                     )
                 )
             }
@@ -443,8 +463,8 @@ func main() async throws {
         "\(options.rounds)", "\(options.size)",
     ]
 
-    func cClient(name: String, port: Int) async throws -> Figures {
-        let child = try Child(peer, ["client", "\(port)"] + clientArguments)
+    func cClient(name: String, port: Int, plain: Bool = false) async throws -> Figures {
+        let child = try Child(peer, [plain ? "plain-client" : "client", "\(port)"] + clientArguments)
         let line = try await child.nextLine()
         child.stop()
         return try Figures(name: name, resultLine: line)
@@ -454,9 +474,12 @@ func main() async throws {
     let cPort = try await cServer.listeningPort()
     let nioServer = try Child(CommandLine.arguments[0], ["--serve", pki])
     let nioPort = try await nioServer.listeningPort()
+    let plainServer = try Child(peer, ["plain-server", pki + "/server.pem", pki + "/server.key", pki + "/ca.pem"])
+    let plainPort = try await plainServer.listeningPort()
     defer {
         cServer.stop()
         nioServer.stop()
+        plainServer.stop()
     }
 
     let loadBefore = loadAverage()
@@ -475,9 +498,10 @@ func main() async throws {
     let names = [
         "a": "(a) NIO client <-> C server", "b": "(b) C client <-> C server",
         "c": "(c) NIO client <-> NIO server", "d": "(d) C client <-> NIO server",
+        "e": "(e) NIO client <-> C server, TCP", "f": "(f) C client <-> C server, TCP",
     ]
     for _ in 0..<options.repeats {
-        for pair in ["b", "a", "c", "d"] where options.pairs.contains(pair) {
+        for pair in ["b", "a", "c", "d", "f", "e"] where options.pairs.contains(pair) {
             switch pair {
             case "a":
                 var figures = try await nioClient(
@@ -494,8 +518,16 @@ func main() async throws {
                 keep(figures)
             case "c":
                 keep(try await nioClient(name: names["c"]!, port: nioPort, context: clientContext, options: options))
-            default:
+            case "d":
                 keep(try await cClient(name: names["d"]!, port: nioPort))
+            case "e":
+                var figures = try await nioClient(name: names["e"]!, port: plainPort, context: nil, options: options)
+                figures.connection = try ServerCounts(line: try await plainServer.nextLine())
+                keep(figures)
+            default:
+                var figures = try await cClient(name: names["f"]!, port: plainPort, plain: true)
+                figures.connection = try ServerCounts(line: try await plainServer.nextLine())
+                keep(figures)
             }
         }
     }
@@ -526,10 +558,27 @@ func main() async throws {
         guard let counts = figures.last?.connection else { continue }
         print("\(name.prefix(3)) last run, as the C server counted it: \(counts.summary)")
     }
+    if let a = runs[names["a"]!], let b = runs[names["b"]!], let e = runs[names["e"]!], let f = runs[names["f"]!] {
+        // Per run of each pair, in the order they ran (neighbours in time).
+        let handler = zip(a, e).map { $0.cpuMicroseconds - $1.cpuMicroseconds }
+        let openSSL = zip(b, f).map { $0.cpuMicroseconds - $1.cpuMicroseconds }
+        let ratios = zip(handler, openSSL).map { $0 / $1 }
+        let floor = zip(e, f).map { $0.cpuMicroseconds / $1.cpuMicroseconds }
+        print(
+            String(
+                format:
+                    "client CPU that TLS adds, medians: NIO handler + OpenSSL (a)-(e) %.1f µs, C OpenSSL (b)-(f) %.1f µs, ratio %.2f",
+                median(handler),
+                median(openSSL),
+                median(ratios)
+            ) + " (per run " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ")
+                + String(format: "); NIO without TLS against C without TLS (e)/(f) %.2f", median(floor))
+        )
+    }
     guard let baseline = runs[names["b"]!] else { return }
     // The ratio of each run to the baseline run next to it, then the median of those ratios:
     // neighbours see the same machine, so this is the steadiest figure on a shared host.
-    for pair in ["a", "c", "d"] {
+    for pair in ["a", "c", "d", "e", "f"] {
         guard let figures = runs[names[pair]!] else { continue }
         let ratios = zip(figures, baseline).map { $0.ratePerSecond / $1.ratePerSecond }
         print(
