@@ -19,7 +19,7 @@
 //       waiting for each echo, and prints
 //       "RESULT rounds=N p50_us=.. p99_us=.. mean_us=.. rate_per_s=.. cpu_us=.. sys_us=..", where
 //       cpu_us is the client's CPU time (user + system) per measured round trip, sys_us the
-//       system part of it.
+//       system part of it, csw its context switches (voluntary + involuntary) per round trip.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -177,6 +177,13 @@ static double cpu_us(void) {
     return (double)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6 + (double)(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
 }
 
+/// Voluntary (blocked) plus involuntary (preempted) context switches so far.
+static long context_switches(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_nvcsw + usage.ru_nivcsw;
+}
+
 /// System (kernel) CPU time so far, to split cpu_us into user and system.
 static double system_us(void) {
     struct rusage usage;
@@ -219,11 +226,13 @@ static int run_client(int port, const char *cert, const char *key, const char *c
 
     uint64_t started = 0;
     double cpu_started = 0, system_started = 0;
+    long switches_started = 0;
     for (int i = -WARMUP_ROUNDS; i < rounds; i++) {
         if (i == 0) {
             started = now_ns();
             cpu_started = cpu_us();
             system_started = system_us();
+            switches_started = context_switches();
         }
         uint64_t t0 = now_ns();
         if (!write_all(ssl, fd, frame, 4 + (size_t)size)) die("write");
@@ -233,13 +242,14 @@ static int run_client(int port, const char *cert, const char *key, const char *c
     uint64_t total = now_ns() - started;
     double cpu = (cpu_us() - cpu_started) / rounds;
     double system = (system_us() - system_started) / rounds;
+    double switches = (double)(context_switches() - switches_started) / rounds;
     if (memcmp(frame, echo, 4 + (size_t)size) != 0) die("echo differs");
     if (ssl) SSL_shutdown(ssl);
 
     qsort(latency, (size_t)rounds, sizeof(uint64_t), compare);
-    printf("RESULT rounds=%d p50_us=%.2f p99_us=%.2f mean_us=%.2f rate_per_s=%.0f cpu_us=%.2f sys_us=%.2f\n", rounds,
+    printf("RESULT rounds=%d p50_us=%.2f p99_us=%.2f mean_us=%.2f rate_per_s=%.0f cpu_us=%.2f sys_us=%.2f csw=%.3f\n", rounds,
            latency[rounds / 2] / 1000.0, latency[(size_t)rounds * 99 / 100] / 1000.0,
-           (double)total / rounds / 1000.0, rounds / (total / 1e9), cpu, system);
+           (double)total / rounds / 1000.0, rounds / (total / 1e9), cpu, system, switches);
     return 0;
 }
 

@@ -66,6 +66,9 @@ struct Figures {
     var cpuMicroseconds: Double
     /// The system (kernel) part of `cpuMicroseconds`.
     var systemMicroseconds: Double
+    /// The client's context switches (voluntary + involuntary) per round trip: each time it
+    /// slept waiting for the echo, or was preempted.
+    var contextSwitches: Double = .nan
     /// What the C server counted on this connection, when it was the server.
     var connection: ServerCounts?
 
@@ -91,6 +94,7 @@ struct Figures {
             throw BenchError("unexpected C client output: \(resultLine)")
         }
         self.init(name: name, p50: p50, p99: p99, rate: rate, cpu: cpu, system: system)
+        self.contextSwitches = fields["csw"] ?? .nan
     }
 }
 
@@ -241,11 +245,14 @@ final class RoundTripHandler: ChannelInboundHandler {
     private let startOnActive: Bool
     private var cpuAtStart = 0.0
     private var systemAtStart = 0.0
+    private var switchesAtStart = 0
     /// Set when done: the process's CPU time per measured round (the NIO client is the only
     /// busy thread in this process while it runs).
     private let cpuPerRound: CPUFigure
     /// Set when done: the system part of `cpuPerRound`.
     private let systemPerRound: CPUFigure
+    /// Set when done: context switches per measured round.
+    private let switchesPerRound: CPUFigure
 
     init(
         size: Int,
@@ -254,8 +261,10 @@ final class RoundTripHandler: ChannelInboundHandler {
         done: EventLoopPromise<[UInt64]>,
         cpuPerRound: CPUFigure,
         systemPerRound: CPUFigure,
+        switchesPerRound: CPUFigure,
         startOnActive: Bool
     ) {
+        self.switchesPerRound = switchesPerRound
         self.startOnActive = startOnActive
         self.cpuPerRound = cpuPerRound
         self.systemPerRound = systemPerRound
@@ -301,6 +310,7 @@ final class RoundTripHandler: ChannelInboundHandler {
             self.latencies.append(now)  // start marker, removed below
             self.cpuAtStart = processCPUMicroseconds()
             self.systemAtStart = processSystemMicroseconds()
+            self.switchesAtStart = processContextSwitches()
         } else if self.round > self.warmup {
             self.latencies.append(now - self.sentAt)
         }
@@ -308,6 +318,7 @@ final class RoundTripHandler: ChannelInboundHandler {
         if self.round > self.warmup + self.rounds {
             self.cpuPerRound.store((processCPUMicroseconds() - self.cpuAtStart) / Double(self.rounds))
             self.systemPerRound.store((processSystemMicroseconds() - self.systemAtStart) / Double(self.rounds))
+            self.switchesPerRound.store(Double(processContextSwitches() - self.switchesAtStart) / Double(self.rounds))
             self.done.succeed(self.latencies)
         } else {
             self.send(context: context)
@@ -327,6 +338,7 @@ func nioClient(name: String, port: Int, context: TLSContext?, options: Options) 
     let loop = done.futureResult.eventLoop
     let cpuPerRound = CPUFigure()
     let systemPerRound = CPUFigure()
+    let switchesPerRound = CPUFigure()
     let channel = try await ClientBootstrap(group: loop)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -343,6 +355,7 @@ func nioClient(name: String, port: Int, context: TLSContext?, options: Options) 
                         done: done,
                         cpuPerRound: cpuPerRound,
                         systemPerRound: systemPerRound,
+                        switchesPerRound: switchesPerRound,
                         startOnActive: context == nil
                     )
                 )
@@ -356,7 +369,7 @@ func nioClient(name: String, port: Int, context: TLSContext?, options: Options) 
     let measuredStart = measured.removeFirst()
     measured.sort()
     let total = Double(finished - measuredStart)
-    return Figures(
+    var figures = Figures(
         name: name,
         p50: Double(measured[measured.count / 2]) / 1000,
         p99: Double(measured[measured.count * 99 / 100]) / 1000,
@@ -364,6 +377,8 @@ func nioClient(name: String, port: Int, context: TLSContext?, options: Options) 
         cpu: cpuPerRound.load(),
         system: systemPerRound.load()
     )
+    figures.contextSwitches = switchesPerRound.load()
+    return figures
 }
 
 /// A figure handed from the event loop to the driver.
@@ -379,6 +394,13 @@ func processCPUMicroseconds() -> Double {
     getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
         + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}
+
+/// Voluntary plus involuntary context switches of this process so far.
+func processContextSwitches() -> Int {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 }
 
 /// System (kernel) CPU time of this process so far, in microseconds.
@@ -489,7 +511,7 @@ func main() async throws {
         let counts = (figures.connection.map { "; \($0.summary)" } ?? "") + "; load \(loadAverage())"
         FileHandle.standardError.write(
             Data(
-                "\(figures.name): rate \(Int(figures.ratePerSecond))/s, client CPU \(String(format: "%.1f (system %.1f)", figures.cpuMicroseconds, figures.systemMicroseconds)) µs/round trip\(counts)\n"
+                "\(figures.name): rate \(Int(figures.ratePerSecond))/s, client CPU \(String(format: "%.1f (system %.1f)", figures.cpuMicroseconds, figures.systemMicroseconds)) µs/round trip, \(String(format: "%.3f", figures.contextSwitches)) context switches/round trip\(counts)\n"
                     .utf8
             )
         )
