@@ -179,6 +179,11 @@ public final class TLSContext: @unchecked Sendable {
         // close_notify came first.
         pb_bio_set_mem_eof_return(networkToSSL, -1)
         SSL_set_bio(ssl, networkToSSL, sslToNetwork)  // the SSL owns both BIOs from here
+        // Read ahead: OpenSSL takes all the ciphertext there is from the inbound BIO in one
+        // BIO_read instead of a 5-byte header and then the body, so one record costs one BIO
+        // read, not two. Nothing waits on a socket here, so reading ahead cannot block; what it
+        // buffers is seen by SSL_has_pending, which the handler's read loop checks.
+        SSL_set_read_ahead(ssl, 1)
 
         switch self.configuration.role {
         case .server:

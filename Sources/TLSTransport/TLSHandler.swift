@@ -360,6 +360,7 @@ public final class TLSHandler: ChannelDuplexHandler {
         }
         var outcome: TLSConnectionStateMachine.Action = .none
         let ssl = self.connection.ssl
+        let inbound = self.connection.inbound
 
         ERR_clear_error()
         readLoop: while true {
@@ -372,10 +373,10 @@ public final class TLSHandler: ChannelDuplexHandler {
             if result > 0 {
                 // Nothing buffered in OpenSSL and no ciphertext left: another SSL_read could
                 // only answer WANT_READ. (A close_notify or alert that came along is still in
-                // the BIO, so it is read.)
-                if SSL_pending(ssl) == 0 && SSL_has_pending(ssl) == 0
-                    && BIO_ctrl_pending(self.connection.inbound) == 0
-                {
+                // OpenSSL's read-ahead buffer or the BIO, so it is read.) SSL_has_pending
+                // covers both decrypted bytes not yet returned (what SSL_pending counts) and
+                // ciphertext read ahead but not yet processed.
+                if SSL_has_pending(ssl) == 0 && BIO_ctrl_pending(inbound) == 0 {
                     break readLoop
                 }
                 continue

@@ -6,11 +6,19 @@
 // Pairs measured (client ↔ echo server, each a separate process except the NIO client):
 //   (a) NIO+handler client ↔ C server     (b) C client ↔ C server (baseline)
 //   (c) NIO+handler client ↔ NIO+handler server (child process)   (d) C client ↔ NIO+handler server
+//   (e) NIO client ↔ C server over plain TCP   (f) C client ↔ C server over plain TCP
+// (e) and (f) are the same exchange without TLS: (a) − (e) is what the handler and OpenSSL add
+// to a NIO client, (b) − (f) what OpenSSL adds to a C client, and (e) / (f) is NIO's own cost
+// against a blocking C loop, which no TLS handler can take away.
 // The figure of merit is rate(a) / rate(b): the handler's cost on one side of the exchange.
 // Each pair runs K times (default 5), interleaved (b, a, c, d, b, a, …) so drift on a shared
 // machine hits every pair alike; the figures shown are the medians. Beside wall-clock rates the
 // bench shows the client's CPU time per round trip (getrusage), which load on the machine
-// disturbs far less than the rate.
+// disturbs far less than the rate. Against the C server each run also shows what the server
+// counted on that one connection (its "CONN" line): TCP segments each way per frame from the
+// kernel's TCP_INFO (exact, and blind to any other traffic on the machine), TLS records each way
+// per frame, and the negotiated protocol and cipher suite, so that pairs (a) and (b) can be
+// checked to be like for like.
 import Foundation
 import NIOCore
 import NIOPosix
@@ -56,13 +64,21 @@ struct Figures {
     var ratePerSecond: Double
     /// Client CPU time (user + system) per round trip.
     var cpuMicroseconds: Double
+    /// The system (kernel) part of `cpuMicroseconds`.
+    var systemMicroseconds: Double
+    /// The client's context switches (voluntary + involuntary) per round trip: each time it
+    /// slept waiting for the echo, or was preempted.
+    var contextSwitches: Double = .nan
+    /// What the C server counted on this connection, when it was the server.
+    var connection: ServerCounts?
 
-    init(name: String, p50: Double, p99: Double, rate: Double, cpu: Double) {
+    init(name: String, p50: Double, p99: Double, rate: Double, cpu: Double, system: Double) {
         self.name = name
         self.p50Microseconds = p50
         self.p99Microseconds = p99
         self.ratePerSecond = rate
         self.cpuMicroseconds = cpu
+        self.systemMicroseconds = system
     }
 
     /// Parses the C client's "RESULT ... p50_us=.. p99_us=.. rate_per_s=.." line.
@@ -73,11 +89,45 @@ struct Figures {
             if pair.count == 2 { fields[String(pair[0])] = Double(pair[1]) }
         }
         guard let p50 = fields["p50_us"], let p99 = fields["p99_us"], let rate = fields["rate_per_s"],
-            let cpu = fields["cpu_us"]
+            let cpu = fields["cpu_us"], let system = fields["sys_us"]
         else {
             throw BenchError("unexpected C client output: \(resultLine)")
         }
-        self.init(name: name, p50: p50, p99: p99, rate: rate, cpu: cpu)
+        self.init(name: name, p50: p50, p99: p99, rate: rate, cpu: cpu, system: system)
+        self.contextSwitches = fields["csw"] ?? .nan
+    }
+}
+
+/// The C echo server's "CONN key=value ..." line for one connection: counts per frame include
+/// the warm-up rounds and the handshake (a handful of segments and records in thousands).
+struct ServerCounts {
+    var fields: [String: String] = [:]
+
+    init(line: String) throws {
+        guard line.hasPrefix("CONN ") else { throw BenchError("expected CONN ..., got \(line)") }
+        for part in line.dropFirst(5).split(separator: " ") {
+            let pair = part.split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { self.fields[String(pair[0])] = String(pair[1]) }
+        }
+    }
+
+    /// `key`'s count divided by the frames echoed.
+    func perFrame(_ key: String) -> Double {
+        guard let value = Double(self.fields[key] ?? ""), let frames = Double(self.fields["frames"] ?? ""), frames > 0
+        else { return .nan }
+        return value / frames
+    }
+
+    /// Per frame: the client's segments out and in, its records out and in, the server's reads.
+    var summary: String {
+        String(
+            format: "client segments out/in %.3f/%.3f, records out/in %.3f/%.3f, server reads %.3f per frame",
+            self.perFrame("segs_in"),
+            self.perFrame("segs_out"),
+            self.perFrame("records_in"),
+            self.perFrame("records_out"),
+            self.perFrame("reads")
+        ) + ", \(self.fields["version"] ?? "?") \(self.fields["cipher"] ?? "?")"
     }
 }
 
@@ -192,13 +242,32 @@ final class RoundTripHandler: ChannelInboundHandler {
     private var pendingBytes = 0
     private var sentAt: UInt64 = 0
     private var started = false
+    private let startOnActive: Bool
     private var cpuAtStart = 0.0
+    private var systemAtStart = 0.0
+    private var switchesAtStart = 0
     /// Set when done: the process's CPU time per measured round (the NIO client is the only
     /// busy thread in this process while it runs).
     private let cpuPerRound: CPUFigure
+    /// Set when done: the system part of `cpuPerRound`.
+    private let systemPerRound: CPUFigure
+    /// Set when done: context switches per measured round.
+    private let switchesPerRound: CPUFigure
 
-    init(size: Int, warmup: Int, rounds: Int, done: EventLoopPromise<[UInt64]>, cpuPerRound: CPUFigure) {
+    init(
+        size: Int,
+        warmup: Int,
+        rounds: Int,
+        done: EventLoopPromise<[UInt64]>,
+        cpuPerRound: CPUFigure,
+        systemPerRound: CPUFigure,
+        switchesPerRound: CPUFigure,
+        startOnActive: Bool
+    ) {
+        self.switchesPerRound = switchesPerRound
+        self.startOnActive = startOnActive
         self.cpuPerRound = cpuPerRound
+        self.systemPerRound = systemPerRound
         var frame = ByteBuffer()
         frame.writeInteger(UInt32(size))
         frame.writeBytes((0..<size).map { UInt8(truncatingIfNeeded: $0) })
@@ -208,6 +277,15 @@ final class RoundTripHandler: ChannelInboundHandler {
         self.done = done
         self.latencies = []
         self.latencies.reserveCapacity(rounds + 1)
+    }
+
+    /// Plain TCP: start once connected, there is no handshake to wait for.
+    func channelActive(context: ChannelHandlerContext) {
+        if self.startOnActive && !self.started {
+            self.started = true
+            self.send(context: context)
+        }
+        context.fireChannelActive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -231,12 +309,16 @@ final class RoundTripHandler: ChannelInboundHandler {
         if self.round == self.warmup {
             self.latencies.append(now)  // start marker, removed below
             self.cpuAtStart = processCPUMicroseconds()
+            self.systemAtStart = processSystemMicroseconds()
+            self.switchesAtStart = processContextSwitches()
         } else if self.round > self.warmup {
             self.latencies.append(now - self.sentAt)
         }
         self.round += 1
         if self.round > self.warmup + self.rounds {
             self.cpuPerRound.store((processCPUMicroseconds() - self.cpuAtStart) / Double(self.rounds))
+            self.systemPerRound.store((processSystemMicroseconds() - self.systemAtStart) / Double(self.rounds))
+            self.switchesPerRound.store(Double(processContextSwitches() - self.switchesAtStart) / Double(self.rounds))
             self.done.succeed(self.latencies)
         } else {
             self.send(context: context)
@@ -249,24 +331,32 @@ final class RoundTripHandler: ChannelInboundHandler {
     }
 }
 
-func nioClient(name: String, port: Int, context: TLSContext, options: Options) async throws -> Figures {
+/// `context` nil: plain TCP, no TLS handler in the pipeline.
+func nioClient(name: String, port: Int, context: TLSContext?, options: Options) async throws -> Figures {
     let group = MultiThreadedEventLoopGroup.singleton
     let done = group.any().makePromise(of: [UInt64].self)
     let loop = done.futureResult.eventLoop
     let cpuPerRound = CPUFigure()
+    let systemPerRound = CPUFigure()
+    let switchesPerRound = CPUFigure()
     let channel = try await ClientBootstrap(group: loop)
         .channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(
-                    TLSTransport.clientHandler(context: context, serverHostname: "localhost")
-                )
+                if let context {
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSTransport.clientHandler(context: context, serverHostname: "localhost")
+                    )
+                }
                 try channel.pipeline.syncOperations.addHandler(
                     RoundTripHandler(
                         size: options.size,
                         warmup: 200,
                         rounds: options.rounds,
                         done: done,
-                        cpuPerRound: cpuPerRound
+                        cpuPerRound: cpuPerRound,
+                        systemPerRound: systemPerRound,
+                        switchesPerRound: switchesPerRound,
+                        startOnActive: context == nil
                     )
                 )
             }
@@ -279,13 +369,16 @@ func nioClient(name: String, port: Int, context: TLSContext, options: Options) a
     let measuredStart = measured.removeFirst()
     measured.sort()
     let total = Double(finished - measuredStart)
-    return Figures(
+    var figures = Figures(
         name: name,
         p50: Double(measured[measured.count / 2]) / 1000,
         p99: Double(measured[measured.count * 99 / 100]) / 1000,
         rate: Double(measured.count) / (total / 1e9),
-        cpu: cpuPerRound.load()
+        cpu: cpuPerRound.load(),
+        system: systemPerRound.load()
     )
+    figures.contextSwitches = switchesPerRound.load()
+    return figures
 }
 
 /// A figure handed from the event loop to the driver.
@@ -301,6 +394,26 @@ func processCPUMicroseconds() -> Double {
     getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
     return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
         + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}
+
+/// Voluntary plus involuntary context switches of this process so far.
+func processContextSwitches() -> Int {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return usage.ru_nvcsw + usage.ru_nivcsw
+}
+
+/// System (kernel) CPU time of this process so far, in microseconds.
+func processSystemMicroseconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_stime.tv_sec) * 1e6 + Double(usage.ru_stime.tv_usec)
+}
+
+/// The first three fields of /proc/loadavg, to print beside each figure.
+func loadAverage() -> String {
+    guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return "?" }
+    return text.split(separator: " ").prefix(3).joined(separator: " ")
 }
 
 // MARK: NIO echo server (child process)
@@ -372,8 +485,8 @@ func main() async throws {
         "\(options.rounds)", "\(options.size)",
     ]
 
-    func cClient(name: String, port: Int) async throws -> Figures {
-        let child = try Child(peer, ["client", "\(port)"] + clientArguments)
+    func cClient(name: String, port: Int, plain: Bool = false) async throws -> Figures {
+        let child = try Child(peer, [plain ? "plain-client" : "client", "\(port)"] + clientArguments)
         let line = try await child.nextLine()
         child.stop()
         return try Figures(name: name, resultLine: line)
@@ -383,17 +496,22 @@ func main() async throws {
     let cPort = try await cServer.listeningPort()
     let nioServer = try Child(CommandLine.arguments[0], ["--serve", pki])
     let nioPort = try await nioServer.listeningPort()
+    let plainServer = try Child(peer, ["plain-server", pki + "/server.pem", pki + "/server.key", pki + "/ca.pem"])
+    let plainPort = try await plainServer.listeningPort()
     defer {
         cServer.stop()
         nioServer.stop()
+        plainServer.stop()
     }
 
+    let loadBefore = loadAverage()
     // Every pair K times, interleaved, so drift on a shared machine hits all of them alike.
     var runs: [String: [Figures]] = [:]
     func keep(_ figures: Figures) {
+        let counts = (figures.connection.map { "; \($0.summary)" } ?? "") + "; load \(loadAverage())"
         FileHandle.standardError.write(
             Data(
-                "\(figures.name): rate \(Int(figures.ratePerSecond))/s, client CPU \(String(format: "%.1f", figures.cpuMicroseconds)) µs/round trip\n"
+                "\(figures.name): rate \(Int(figures.ratePerSecond))/s, client CPU \(String(format: "%.1f (system %.1f)", figures.cpuMicroseconds, figures.systemMicroseconds)) µs/round trip, \(String(format: "%.3f", figures.contextSwitches)) context switches/round trip\(counts)\n"
                     .utf8
             )
         )
@@ -402,18 +520,36 @@ func main() async throws {
     let names = [
         "a": "(a) NIO client <-> C server", "b": "(b) C client <-> C server",
         "c": "(c) NIO client <-> NIO server", "d": "(d) C client <-> NIO server",
+        "e": "(e) NIO client <-> C server, TCP", "f": "(f) C client <-> C server, TCP",
     ]
     for _ in 0..<options.repeats {
-        for pair in ["b", "a", "c", "d"] where options.pairs.contains(pair) {
+        for pair in ["b", "a", "c", "d", "f", "e"] where options.pairs.contains(pair) {
             switch pair {
             case "a":
-                keep(try await nioClient(name: names["a"]!, port: cPort, context: clientContext, options: options))
+                var figures = try await nioClient(
+                    name: names["a"]!,
+                    port: cPort,
+                    context: clientContext,
+                    options: options
+                )
+                figures.connection = try ServerCounts(line: try await cServer.nextLine())
+                keep(figures)
             case "b":
-                keep(try await cClient(name: names["b"]!, port: cPort))
+                var figures = try await cClient(name: names["b"]!, port: cPort)
+                figures.connection = try ServerCounts(line: try await cServer.nextLine())
+                keep(figures)
             case "c":
                 keep(try await nioClient(name: names["c"]!, port: nioPort, context: clientContext, options: options))
-            default:
+            case "d":
                 keep(try await cClient(name: names["d"]!, port: nioPort))
+            case "e":
+                var figures = try await nioClient(name: names["e"]!, port: plainPort, context: nil, options: options)
+                figures.connection = try ServerCounts(line: try await plainServer.nextLine())
+                keep(figures)
+            default:
+                var figures = try await cClient(name: names["f"]!, port: plainPort, plain: true)
+                figures.connection = try ServerCounts(line: try await plainServer.nextLine())
+                keep(figures)
             }
         }
     }
@@ -426,23 +562,45 @@ func main() async throws {
     print(
         "round trips of a \(options.size)-byte frame (+4-byte length), \(options.rounds) per run, \(options.repeats) runs per pair interleaved, loopback mutual TLS 1.3; medians"
     )
-    print("pair                               p50 µs    p99 µs    round trips/s   client CPU µs/rt")
+    print("pair                               p50 µs    p99 µs    round trips/s   client CPU µs/rt (system)")
     for (name, figures) in runs.sorted(by: { $0.key < $1.key }) {
         print(
             name.padding(toLength: 34, withPad: " ", startingAt: 0)
                 + String(
-                    format: "%8.1f  %8.1f  %12.0f   %10.1f",
+                    format: "%8.1f  %8.1f  %12.0f   %10.1f (%.1f)",
                     median(figures.map(\.p50Microseconds)),
                     median(figures.map(\.p99Microseconds)),
                     median(figures.map(\.ratePerSecond)),
-                    median(figures.map(\.cpuMicroseconds))
+                    median(figures.map(\.cpuMicroseconds)),
+                    median(figures.map(\.systemMicroseconds))
                 )
+        )
+    }
+    for (name, figures) in runs.sorted(by: { $0.key < $1.key }) {
+        guard let counts = figures.last?.connection else { continue }
+        print("\(name.prefix(3)) last run, as the C server counted it: \(counts.summary)")
+    }
+    if let a = runs[names["a"]!], let b = runs[names["b"]!], let e = runs[names["e"]!], let f = runs[names["f"]!] {
+        // Per run of each pair, in the order they ran (neighbours in time).
+        let handler = zip(a, e).map { $0.cpuMicroseconds - $1.cpuMicroseconds }
+        let openSSL = zip(b, f).map { $0.cpuMicroseconds - $1.cpuMicroseconds }
+        let ratios = zip(handler, openSSL).map { $0 / $1 }
+        let floor = zip(e, f).map { $0.cpuMicroseconds / $1.cpuMicroseconds }
+        print(
+            String(
+                format:
+                    "client CPU that TLS adds, medians: NIO handler + OpenSSL (a)-(e) %.1f µs, C OpenSSL (b)-(f) %.1f µs, ratio %.2f",
+                median(handler),
+                median(openSSL),
+                median(ratios)
+            ) + " (per run " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ")
+                + String(format: "); NIO without TLS against C without TLS (e)/(f) %.2f", median(floor))
         )
     }
     guard let baseline = runs[names["b"]!] else { return }
     // The ratio of each run to the baseline run next to it, then the median of those ratios:
     // neighbours see the same machine, so this is the steadiest figure on a shared host.
-    for pair in ["a", "c", "d"] {
+    for pair in ["a", "c", "d", "e", "f"] {
         guard let figures = runs[names[pair]!] else { continue }
         let ratios = zip(figures, baseline).map { $0.ratePerSecond / $1.ratePerSecond }
         print(
@@ -453,7 +611,18 @@ func main() async throws {
                     median(figures.map(\.ratePerSecond)) / median(baseline.map(\.ratePerSecond))
                 ) + ", runs " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
         )
+        // The issue's target is this one: client CPU per round trip, (a) over (b).
+        let cpuRatios = zip(figures, baseline).map { $0.cpuMicroseconds / $1.cpuMicroseconds }
+        print(
+            "client CPU ratio \(names[pair]!) / (b): median of per-run ratios "
+                + String(format: "%.2f", median(cpuRatios)) + " (ratio of medians "
+                + String(
+                    format: "%.2f",
+                    median(figures.map(\.cpuMicroseconds)) / median(baseline.map(\.cpuMicroseconds))
+                ) + ", runs " + cpuRatios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
+        )
     }
+    print("load average before: \(loadBefore), after: \(loadAverage())")
 }
 
 try await main()
