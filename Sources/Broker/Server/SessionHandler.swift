@@ -46,6 +46,8 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// When the reports answered in the outbound buffer arrived: their round trips end when the
     /// buffer is written. Its capacity is kept (no allocation per batch).
     private var roundTripsWaiting: [Duration] = []
+    /// The storage of the last report's block list, handed to the decoder for the next one.
+    private var reportBlocks: [UInt64] = []
 
     init(
         core: BrokerCore,
@@ -169,7 +171,7 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                 parsed =
                     atEndOfStream
                     ? try parser.parseAtEndOfStream(bytes.readableBytesSpan)
-                    : try parser.parse(bytes.readableBytesSpan)
+                    : try parser.parse(bytes.readableBytesSpan, reusingBlocks: &self.reportBlocks)
             } catch {
                 self.framing.decodeState = .failed(error)
                 if let context = self.context { self.errorCaught(context: context, error: error) }
@@ -178,6 +180,9 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let (frame, consumed) = parsed else { return }
             bytes.moveReaderIndex(forwardBy: consumed)
             self.receive(frame)
+            // Its storage is unique again once `frame` is gone (unless the frame waits behind a
+            // punch: then the next report allocates, as it did before).
+            if case .report(let report)? = frame.body { self.reportBlocks = report.blocks }
         }
     }
 
