@@ -38,6 +38,22 @@ public struct FrameParser: Sendable, Hashable {
         return (frame, end)
     }
 
+    /// ``parse(_:)``, with a report's blocks decoded into the storage of `blocks`: see
+    /// ``decodeBody(_:reusingBlocks:)``.
+    package func parse(
+        _ bytes: RawSpan,
+        reusingBlocks blocks: inout [UInt64]
+    ) throws(FrameError) -> (frame: Pagebroker_V1_Frame, consumed: Int)? {
+        guard let length = Self.announcedLength(bytes) else { return nil }
+        guard length <= self.maxFrameSize else {
+            throw FrameError(code: .frameTooLarge, frameLength: length, maxFrameSize: self.maxFrameSize)
+        }
+        let end = WireProtocol.lengthPrefixSize + length
+        guard bytes.byteCount >= end else { return nil }
+        let frame = try Self.decodeBody(bytes.extracting(WireProtocol.lengthPrefixSize..<end), reusingBlocks: &blocks)
+        return (frame, end)
+    }
+
     /// Decodes the first frame in `bytes` when no more bytes will ever follow
     /// them (the peer closed its side of the stream).
     ///
@@ -75,6 +91,17 @@ public struct FrameParser: Sendable, Hashable {
     /// make us hold arbitrary bytes per frame.
     public static func decodeBody(_ body: RawSpan) throws(FrameError) -> Pagebroker_V1_Frame {
         if let report = ReportFrameCodec.decode(body) { return report }
+        return try self.decodeBodyWithSwiftProtobuf(body)
+    }
+
+    /// ``decodeBody(_:)``, with a report's block list built in the storage of `blocks`, which
+    /// the report takes over (a caller that hands it back after each frame decodes reports
+    /// without allocating). The frame is the same as ``decodeBody(_:)``'s.
+    package static func decodeBody(
+        _ body: RawSpan,
+        reusingBlocks blocks: inout [UInt64]
+    ) throws(FrameError) -> Pagebroker_V1_Frame {
+        if let report = ReportFrameCodec.decode(body, reusingBlocks: &blocks) { return report }
         return try self.decodeBodyWithSwiftProtobuf(body)
     }
 

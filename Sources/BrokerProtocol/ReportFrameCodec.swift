@@ -102,6 +102,16 @@ package enum ReportFrameCodec {
     /// Decodes a frame body that is exactly one report, or one report result without a
     /// message, or returns `nil` for SwiftProtobuf to decide.
     package static func decode(_ body: RawSpan) -> Pagebroker_V1_Frame? {
+        var blocks: [UInt64] = []
+        return self.decode(body, reusingBlocks: &blocks)
+    }
+
+    /// ``decode(_:)``, with a report's block list built in the storage of `blocks` (its
+    /// contents are replaced, its capacity kept): the report takes the storage over and
+    /// `blocks` is left empty; when the body is not decoded here `blocks` keeps it. A caller
+    /// that hands the list back once it is done with the frame decodes reports without
+    /// allocating.
+    package static func decode(_ body: RawSpan, reusingBlocks blocks: inout [UInt64]) -> Pagebroker_V1_Frame? {
         body.withUnsafeBytes { raw -> Pagebroker_V1_Frame? in
             var reader = Reader(raw)
             switch reader.byte() {
@@ -111,27 +121,43 @@ package enum ReportFrameCodec {
             }
             guard let reportSize = reader.varint(), reportSize == UInt64(reader.remaining) else { return nil }
 
+            // Taken out of `blocks`, so that it is uniquely referenced and clearing it keeps
+            // its storage; given back on every path that does not decode the report.
+            var list = blocks
+            blocks = []
+            list.removeAll(keepingCapacity: true)
             var report = Pagebroker_V1_Report()
             while reader.remaining > 0 {
                 switch reader.byte() {
                 case seqTag:
-                    guard let seq = reader.varint() else { return nil }
+                    guard let seq = reader.varint() else {
+                        blocks = list
+                        return nil
+                    }
                     report.seq = seq
                 case blocksTag:
-                    guard let size = reader.varint(), size <= UInt64(reader.remaining) else { return nil }
+                    guard let size = reader.varint(), size <= UInt64(reader.remaining) else {
+                        blocks = list
+                        return nil
+                    }
                     var packed = Reader(
                         UnsafeRawBufferPointer(rebasing: raw[reader.offset..<reader.offset + Int(size)])
                     )
-                    report.blocks.reserveCapacity(report.blocks.count + packed.countVarints())
+                    list.reserveCapacity(list.count + packed.countVarints())
                     while packed.remaining > 0 {
-                        guard let value = packed.varint() else { return nil }
-                        report.blocks.append(value)
+                        guard let value = packed.varint() else {
+                            blocks = list
+                            return nil
+                        }
+                        list.append(value)
                     }
                     reader.offset += Int(size)
                 default:
+                    blocks = list
                     return nil
                 }
             }
+            report.blocks = list
             var frame = Pagebroker_V1_Frame()
             frame.body = .report(report)
             return frame

@@ -44,7 +44,7 @@ public struct BrokerServerConfiguration: Sendable {
     }
 }
 
-/// The guest listener: mutual TLS, framing, one ``SessionHandler`` per connection, all sharing
+/// The guest listener: mutual TLS, then one ``SessionHandler`` (framing and session) per connection, all sharing
 /// one ``BrokerCore``.
 public final class BrokerServer: Sendable {
     public let configuration: BrokerServerConfiguration
@@ -160,8 +160,8 @@ public final class BrokerServer: Sendable {
                     let limit = FrameSizeLimit()
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(TLSTransport.serverHandler(context: tls.current))
-                    try sync.addHandler(ByteToMessageHandler(FrameDecoder(limit: limit)))
-                    try sync.addHandler(MessageToByteHandler(FrameEncoder(limit: limit)))
+                    // The session frames the plaintext itself (no codec handlers between: a frame
+                    // crosses the pipeline once, unboxed, and results are flushed once per read).
                     try sync.addHandler(
                         SessionHandler(
                             core: core,

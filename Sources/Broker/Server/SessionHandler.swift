@@ -7,10 +7,14 @@ import TLSTransport
 /// The channel handler of one guest session: feeds frames and clock ticks to a
 /// ``SessionStateMachine`` and performs the actions it returns against the ``BrokerCore``.
 ///
-/// Pipeline: `TLSHandler` → `FrameDecoder` / `FrameEncoder` (sharing ``limit``) → this.
+/// Pipeline: `TLSHandler` → this. The handler frames the TLS handler's plaintext itself
+/// (``SessionFraming``): frames are decoded in the buffer they arrived in, and the frames it
+/// sends while handling a read are encoded into one buffer, written and flushed once when the
+/// read batch ends (`channelReadComplete`). Sends at other times (ticks, punches finished, the
+/// core's calls) are written and flushed at once.
 final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = Pagebroker_V1_Frame
-    typealias OutboundOut = Pagebroker_V1_Frame
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let core: BrokerCore
     private let trustDomain: String
@@ -32,6 +36,18 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var shutdownWaiting = false
     /// Where punches run; see ``startPunch(seq:blocks:attachment:receivedAt:)``.
     private let punchPool: NIOThreadPool
+    /// Decoder state, partial frame and outbound buffer.
+    private var framing = SessionFraming(allocator: ByteBufferAllocator())
+    /// Between a `channelRead` and its `channelReadComplete`: sends wait in the outbound buffer.
+    private var reading = false
+    /// Inside the decode loop; a stream end that arrives meanwhile is handled after it.
+    private var decoding = false
+    private var leftoversPending = false
+    /// When the reports answered in the outbound buffer arrived: their round trips end when the
+    /// buffer is written. Its capacity is kept (no allocation per batch).
+    private var roundTripsWaiting: [Duration] = []
+    /// The storage of the last report's block list, handed to the decoder for the next one.
+    private var reportBlocks: [UInt64] = []
 
     init(
         core: BrokerCore,
@@ -77,6 +93,9 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event as? ChannelEvent == .some(.inputClosed) {
+            self.processLeftovers(context: context)
+        }
         if case .handshakeCompleted(let info) = event as? TLSEvent {
             do {
                 let identity = try GuestIdentity.fromURISANs(
@@ -100,8 +119,139 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
+    // MARK: Framing
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
+        var bytes = self.unwrapInboundIn(data)
+        switch self.framing.decodeState {
+        case .failed(let error):
+            self.errorCaught(
+                context: context,
+                error: ByteToMessageDecoderError.dataReceivedInErrorState(error, bytes)
+            )
+            return
+        case .done:
+            return
+        case .active:
+            break
+        }
+        self.reading = true
+        if var partial = self.framing.takePartial() {
+            partial.writeBuffer(&bytes)
+            self.decodeFrames(from: &partial, atEndOfStream: false)
+            self.framing.keepRemainder(of: partial, allocator: context.channel.allocator, owned: true)
+        } else {
+            self.decodeFrames(from: &bytes, atEndOfStream: false)
+            self.framing.keepRemainder(of: bytes, allocator: context.channel.allocator, owned: false)
+        }
+        if self.leftoversPending {
+            // The stream ended while its frames were being handled.
+            self.leftoversPending = false
+            self.processLeftovers(context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.reading = false
+        self.flushOutbound(promise: nil)
+        context.fireChannelReadComplete()
+    }
+
+    /// Decodes and handles the frames in `bytes`, moving its reader index past each, until
+    /// it holds no complete frame, a frame is bad, or decoding stopped.
+    private func decodeFrames(from bytes: inout ByteBuffer, atEndOfStream: Bool) {
+        self.decoding = true
+        defer { self.decoding = false }
+        // At the end of the stream every left-over frame is decoded, whatever the state
+        // (as `ByteToMessageHandler`'s last decode loop).
+        while atEndOfStream || self.framing.isDecoding {
+            let parser = FrameParser(maxFrameSize: self.limit.maxFrameSize)
+            let parsed: (frame: Pagebroker_V1_Frame, consumed: Int)?
+            do throws(FrameError) {
+                parsed =
+                    atEndOfStream
+                    ? try parser.parseAtEndOfStream(bytes.readableBytesSpan)
+                    : try parser.parse(bytes.readableBytesSpan, reusingBlocks: &self.reportBlocks)
+            } catch {
+                self.framing.decodeState = .failed(error)
+                if let context = self.context { self.errorCaught(context: context, error: error) }
+                return
+            }
+            guard let (frame, consumed) = parsed else { return }
+            bytes.moveReaderIndex(forwardBy: consumed)
+            self.receive(frame)
+            // Its storage is unique again once `frame` is gone (unless the frame waits behind a
+            // punch: then the next report allocates, as it did before).
+            if case .report(let report)? = frame.body { self.reportBlocks = report.blocks }
+        }
+    }
+
+    /// The end of the stream: decodes what is left, once.
+    private func processLeftovers(context: ChannelHandlerContext) {
+        guard self.framing.isDecoding else { return }
+        if self.decoding {
+            self.leftoversPending = true
+            return
+        }
+        if var partial = self.framing.takePartial() {
+            self.decodeFrames(from: &partial, atEndOfStream: true)
+        }
+        if self.framing.isDecoding { self.framing.decodeState = .done }
+    }
+
+    /// Encodes `frame` into the outbound buffer; on failure reports the error as the encoder
+    /// handler did (through `errorCaught`, for this write and every later one).
+    @discardableResult
+    private func write(_ frame: Pagebroker_V1_Frame) -> Bool {
+        guard let context = self.context else { return false }
+        if let error = self.framing.encodeError {
+            self.errorCaught(context: context, error: error)
+            return false
+        }
+        do {
+            try FrameEncoder.write(frame, into: &self.framing.outbound, maxFrameSize: self.limit.maxFrameSize)
+            return true
+        } catch {
+            self.framing.encodeError = error
+            self.errorCaught(context: context, error: error)
+            return false
+        }
+    }
+
+    /// Writes and flushes the outbound buffer, if it holds anything, and ends the round trips
+    /// of the reports it answers.
+    private func flushOutbound(promise: EventLoopPromise<Void>?) {
+        if let context = self.context, self.framing.outbound.readableBytes > 0 {
+            context.writeAndFlush(self.wrapOutboundOut(self.framing.outbound), promise: promise)
+            // The TLS handler has encrypted it during the flush and let go of it, so this keeps
+            // the storage (it allocates only when the handler still holds it: mid-handshake).
+            self.framing.outbound.clear()
+        } else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+        guard !self.roundTripsWaiting.isEmpty else { return }
+        if let metrics = self.metrics {
+            let now = self.core.now
+            for receivedAt in self.roundTripsWaiting { metrics.recordReportRoundTrip(now - receivedAt) }
+        }
+        self.roundTripsWaiting.removeAll(keepingCapacity: true)
+    }
+
+    /// A report was answered: its round trip ends once its result is written, at once or at
+    /// the end of the read batch.
+    private func endRoundTrip(receivedAt: Duration) {
+        guard let metrics = self.metrics else { return }
+        if self.reading {
+            self.roundTripsWaiting.append(receivedAt)
+        } else {
+            metrics.recordReportRoundTrip(self.core.now - receivedAt)
+        }
+    }
+
+    // MARK: Frames
+
+    private func receive(_ frame: Pagebroker_V1_Frame) {
+        guard let context = self.context else { return }
         guard self.identity != nil else {
             context.close(promise: nil)
             return
@@ -139,15 +289,15 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
             answersReport = false
         }
         self.perform(action)
-        // A report is answered within `perform` (accounted, and its result written through the
-        // encoder and TLS), so the time since `now` is its round trip in the broker. Only reports
-        // that got a result are timed, so the histogram's count equals the reports counted.
-        if answersReport, let metrics = self.metrics {
-            metrics.recordReportRoundTrip(self.core.now - now)
-        }
+        // A report is answered within `perform` (accounted, and its result encoded), and its
+        // round trip ends when the result is written. Only reports that got a result are
+        // timed, so the histogram's count equals the reports counted.
+        if answersReport { self.endRoundTrip(receivedAt: now) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.processLeftovers(context: context)
+        self.reading = false
         self.timer?.cancel()
         self.timer = nil
         if let identity = self.identity, let sessionID = self.sessionID {
@@ -189,15 +339,21 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .none:
             break
         case .send(let frame):
-            context.writeAndFlush(self.wrapOutboundOut(frame), promise: nil)
+            self.write(frame)
+            if !self.reading { self.flushOutbound(promise: nil) }
         case .sendAndClose(let frame):
             if case .error(let error) = frame.body {
                 self.logger.notice("session error \(error.code.stableName): \(error.message)")
             }
             let channel = context.channel
-            context.writeAndFlush(self.wrapOutboundOut(frame)).whenComplete { _ in channel.close(promise: nil) }
+            self.write(frame)
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            self.flushOutbound(promise: written)
         case .close(let reason):
             self.logger.info("closing session: \(reason)")
+            // What was sent before the close goes out before it, as when each send flushed.
+            self.flushOutbound(promise: nil)
             context.close(promise: nil)
         case .admit(let geometry):
             guard let identity = self.identity, let control = self.control else { return }
@@ -324,7 +480,7 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler {
                 now: self.core.now
             )
         )
-        self.metrics?.recordReportRoundTrip(self.core.now - receivedAt)
+        self.endRoundTrip(receivedAt: receivedAt)
     }
 
     /// Answers the hello of an admitted guest.

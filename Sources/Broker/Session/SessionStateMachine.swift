@@ -51,6 +51,10 @@ public struct SessionStateMachine: Sendable {
     /// The frame size in force: the default until `ServerHello`, then the negotiated one.
     public private(set) var maxFrameSize: UInt32 = WireProtocol.defaultMaxFrameSize
     private var negotiatedFrameSize: UInt32 = WireProtocol.defaultMaxFrameSize
+    /// The storage of the last report's checked blocks, reused for the next report: once the
+    /// `.account` action that carried it is gone it is uniquely referenced again, and a report
+    /// is checked without allocating.
+    private var reportBlocks: [ReportedBlock] = []
 
     public init(configuration: SessionConfiguration, now: Duration) {
         self.configuration = configuration
@@ -346,7 +350,10 @@ public struct SessionStateMachine: Sendable {
             return refuse(.tooManyRanges, "\(list.count) blocks, at most \(active.maxRangesPerReport)")
         }
         let geometry = active.geometry
-        var blocks: [ReportedBlock] = []
+        var blocks = self.reportBlocks
+        self.reportBlocks = []
+        blocks.removeAll(keepingCapacity: true)
+        defer { self.reportBlocks = blocks }
         blocks.reserveCapacity(list.count)
         for block in list {
             guard block.order >= UInt64(active.lowestOrder), block.order <= UInt64(geometry.maxOrder) else {
