@@ -28,14 +28,8 @@ public struct FrameParser: Sendable, Hashable {
     /// - Throws: ``FrameError`` with ``FrameError/Code/frameTooLarge``,
     ///   ``FrameError/Code/malformedFrame`` or ``FrameError/Code/unknownBody``.
     public func parse(_ bytes: RawSpan) throws(FrameError) -> (frame: Pagebroker_V1_Frame, consumed: Int)? {
-        guard let length = Self.announcedLength(bytes) else { return nil }
-        guard length <= self.maxFrameSize else {
-            throw FrameError(code: .frameTooLarge, frameLength: length, maxFrameSize: self.maxFrameSize)
-        }
-        let end = WireProtocol.lengthPrefixSize + length
-        guard bytes.byteCount >= end else { return nil }
-        let frame = try Self.decodeBody(bytes.extracting(WireProtocol.lengthPrefixSize..<end))
-        return (frame, end)
+        var blocks: [UInt64] = []
+        return try self.parse(bytes, reusingBlocks: &blocks)
     }
 
     /// ``parse(_:)``, with a report's blocks decoded into the storage of `blocks`: see
@@ -90,8 +84,8 @@ public struct FrameParser: Sendable, Hashable {
     /// to a message are ignorable by design, and keeping them would let a peer
     /// make us hold arbitrary bytes per frame.
     public static func decodeBody(_ body: RawSpan) throws(FrameError) -> Pagebroker_V1_Frame {
-        if let report = ReportFrameCodec.decode(body) { return report }
-        return try self.decodeBodyWithSwiftProtobuf(body)
+        var blocks: [UInt64] = []
+        return try self.decodeBody(body, reusingBlocks: &blocks)
     }
 
     /// ``decodeBody(_:)``, with a report's block list built in the storage of `blocks`, which

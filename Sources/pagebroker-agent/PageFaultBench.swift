@@ -113,16 +113,18 @@ struct PageFaultBench: ParsableCommand {
             off: counted.filter { !$0.reporting }.map(\.opsPerCPUSecond),
             on: counted.filter(\.reporting).map(\.opsPerCPUSecond)
         )
+        let interval = rounds.ratioInterval()
+        let cpuInterval = perCPU.ratioInterval()
         let result = PageFaultResult(
             opsPerSecondOn: rounds.medianOn,
             opsPerSecondOff: rounds.medianOff,
             ratio: rounds.medianRatio,
-            ratioInterval: rounds.ratioInterval().map { [$0.lowerBound, $0.upperBound] },
+            ratioInterval: interval.map { [$0.lowerBound, $0.upperBound] },
             roundRatios: rounds.ratios,
             opsPerCPUSecondOn: perCPU.medianOn,
             opsPerCPUSecondOff: perCPU.medianOff,
             cpuRatio: perCPU.medianRatio,
-            cpuRatioInterval: perCPU.ratioInterval().map { [$0.lowerBound, $0.upperBound] },
+            cpuRatioInterval: cpuInterval.map { [$0.lowerBound, $0.upperBound] },
             roundCPURatios: perCPU.ratios,
             discardedBytes: phases.reduce(0) { $0 + $1.flushDiscardedBytes + $1.discardedBytes },
             zeroingSkippedBytes: counted.reduce(0) { $0 + $1.zeroingSkippedBytes },
@@ -143,8 +145,8 @@ struct PageFaultBench: ParsableCommand {
         stderr.write(
             "page-fault: order \(self.order), \(self.threads) thread\(self.threads == 1 ? "" : "s"), \(self.backing.rawValue), medians of \(self.repeat) rounds: "
                 + "on \(String(format: "%.0f", result.opsPerSecondOn)) ops/s, off \(String(format: "%.0f", result.opsPerSecondOff)) ops/s, "
-                + "ratio \(String(format: "%.4f", result.ratio)) (\(Self.describe(rounds.ratioInterval()))rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
-                + "per CPU second \(String(format: "%.4f", result.cpuRatio)) (\(Self.describe(perCPU.ratioInterval()))rounds: \(perCPU.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
+                + "ratio \(String(format: "%.4f", result.ratio)) (\(Self.describe(interval))rounds: \(rounds.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
+                + "per CPU second \(String(format: "%.4f", result.cpuRatio)) (\(Self.describe(cpuInterval))rounds: \(perCPU.ratios.map { String(format: "%.3f", $0) }.joined(separator: " "))), "
                 + "discarded \(Units.formatBytes(result.discardedBytes)), load average \(loadBefore.map { Units.fixed($0, 2) } ?? "?") -> \(loadAfter.map { Units.fixed($0, 2) } ?? "?")\n"
         )
         if self.json {

@@ -600,27 +600,22 @@ func main() async throws {
     guard let baseline = runs[names["b"]!] else { return }
     // The ratio of each run to the baseline run next to it, then the median of those ratios:
     // neighbours see the same machine, so this is the steadiest figure on a shared host.
+    // One figure of a pair against (b): the median of the per-run ratios, the ratio of the
+    // medians, and each run's ratio.
+    func printRatio(_ label: String, _ pair: String, _ figures: [Figures], _ value: (Figures) -> Double) {
+        let ratios = zip(figures, baseline).map { value($0) / value($1) }
+        print(
+            "\(label) \(names[pair]!) / (b): median of per-run ratios "
+                + String(format: "%.2f", median(ratios)) + " (ratio of medians "
+                + String(format: "%.2f", median(figures.map(value)) / median(baseline.map(value)))
+                + ", runs " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
+        )
+    }
     for pair in ["a", "c", "d", "e", "f"] {
         guard let figures = runs[names[pair]!] else { continue }
-        let ratios = zip(figures, baseline).map { $0.ratePerSecond / $1.ratePerSecond }
-        print(
-            "rate ratio \(names[pair]!) / (b): median of per-run ratios "
-                + String(format: "%.2f", median(ratios)) + " (ratio of medians "
-                + String(
-                    format: "%.2f",
-                    median(figures.map(\.ratePerSecond)) / median(baseline.map(\.ratePerSecond))
-                ) + ", runs " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
-        )
+        printRatio("rate ratio", pair, figures, \.ratePerSecond)
         // The target is this one: client CPU per round trip, (a) over (b).
-        let cpuRatios = zip(figures, baseline).map { $0.cpuMicroseconds / $1.cpuMicroseconds }
-        print(
-            "client CPU ratio \(names[pair]!) / (b): median of per-run ratios "
-                + String(format: "%.2f", median(cpuRatios)) + " (ratio of medians "
-                + String(
-                    format: "%.2f",
-                    median(figures.map(\.cpuMicroseconds)) / median(baseline.map(\.cpuMicroseconds))
-                ) + ", runs " + cpuRatios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
-        )
+        printRatio("client CPU ratio", pair, figures, \.cpuMicroseconds)
     }
     print("load average before: \(loadBefore), after: \(loadAverage())")
 }
