@@ -105,6 +105,10 @@ let package = Package(
             ]
         ),
 
+        // The broker's per-report logic in process, for callgrind (docs/benchmarks.md); no
+        // product: `swift build --product report-path-bench` builds it.
+        .executableTarget(name: "report-path-bench", dependencies: ["Broker"]),
+
         // MARK: Host service
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .target(
