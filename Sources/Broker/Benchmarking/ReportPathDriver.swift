@@ -182,9 +182,11 @@ public final class ReportPathDriver {
         let pattern = session.round % self.templates.count
         // The frame arrives: its seq written into its pattern's bytes, the reader at its start.
         let seqOffset = self.seqOffsets[pattern]
-        self.input.setInteger(UInt8(truncatingIfNeeded: seq) | 0x80, at: seqOffset)
-        self.input.setInteger(UInt8(truncatingIfNeeded: seq >> 7) | 0x80, at: seqOffset + 1)
-        self.input.setInteger(UInt8(truncatingIfNeeded: seq >> 14), at: seqOffset + 2)
+        self.input.withVeryUnsafeMutableBytes { storage in
+            storage[seqOffset] = UInt8(truncatingIfNeeded: seq) | 0x80
+            storage[seqOffset + 1] = UInt8(truncatingIfNeeded: seq >> 7) | 0x80
+            storage[seqOffset + 2] = UInt8(truncatingIfNeeded: seq >> 14)
+        }
         self.input.moveReaderIndex(to: self.templates[pattern].lowerBound)
 
         // SessionHandler.decodeFrames (the buffer a read delivered)
