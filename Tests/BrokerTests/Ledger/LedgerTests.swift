@@ -30,6 +30,32 @@ struct LedgerTests {
         #expect(guest.connected)
     }
 
+    @Test("a batch of adjacent blocks counts what block-by-block reports would, partly reported or not")
+    func adjacentBlocksInOneBatch() throws {
+        // The ledger adds a run of adjacent ranges to the frame set as one: the figures must be
+        // those of adding each alone, also where part of the run was already reported, and across
+        // a gap in the run.
+        var together = try self.connected([("acme", "vm1")])
+        var apart = try self.connected([("acme", "vm1")])
+        let earlier: [Range<UInt64>] = [512..<1024, 4096..<4100]
+        let batch: [Range<UInt64>] = [0..<512, 512..<1024, 1024..<1536, 2048..<2560, 2560..<3072, 4000..<4096]
+        _ = try together.report(tenant: "acme", guest: "vm1", ranges: earlier)
+        _ = try apart.report(tenant: "acme", guest: "vm1", ranges: earlier)
+        let added = try together.report(tenant: "acme", guest: "vm1", ranges: batch)
+        var addedApart = 0
+        for range in batch { addedApart += try apart.report(tenant: "acme", guest: "vm1", ranges: [range]) }
+        #expect(added == 512 + 0 + 512 + 512 + 512 + 96)
+        #expect(added == addedApart)
+        let record = try #require(together.guest(tenant: "acme", guest: "vm1"))
+        let recordApart = try #require(apart.guest(tenant: "acme", guest: "vm1"))
+        #expect(Array(record.discarded) == Array(recordApart.discarded))
+        #expect(Array(record.discarded) == [0..<1536, 2048..<3072, 4000..<4100])
+        let tenant = try #require(together.tenants().first)
+        #expect(tenant.reclaimableBytes == (1536 + 1024 + 100) * Self.page)
+        #expect(tenant.bytesReported == (512 + 4 + added) * Self.page)
+        #expect(tenant.reportsOK == 2)
+    }
+
     @Test("a reuse removes frames, splitting ranges, and counts what it removed")
     func reuseRemoves() throws {
         var ledger = try self.connected([("acme", "vm1")])
