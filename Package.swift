@@ -86,6 +86,9 @@ let package = Package(
         // F_GET_SEALS and fallocate(PUNCH_HOLE). Its own target: the broker must not depend on
         // the guest side's CGuestMemory.
         .target(name: "CBrokerMemory"),
+        // C wrappers for the broker's epoll guest transport: epoll (a packed struct), eventfd,
+        // accept4 with TCP_NODELAY, a listening socket bound from a host name.
+        .target(name: "CGuestLoop"),
         // libFuzzer entry point for the session state machine; a crash reproducer otherwise.
         .executableTarget(name: "SessionFuzzer", dependencies: ["Broker", "BrokerAdminClient", "BrokerProtocol"]),
         .target(
@@ -93,6 +96,7 @@ let package = Package(
             dependencies: [
                 "BrokerAdminClient",
                 "CBrokerMemory",
+                "CGuestLoop",
                 "BrokerProtocol",
                 "TLSTransport",
                 .product(name: "NIOCore", package: "swift-nio"),

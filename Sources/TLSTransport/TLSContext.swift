@@ -166,10 +166,7 @@ public final class TLSContext: @unchecked Sendable {
 
     /// A new `SSL` for one connection, wired to a fresh pair of memory BIOs.
     func makeConnection(serverHostname: String?) throws(TLSError) -> TLSConnection {
-        ERR_clear_error()
-        guard let ssl = SSL_new(self.sslContext) else {
-            throw TLSError(code: .contextSetupFailed, reason: "SSL_new: \(TLSError.drainOpenSSLErrors())")
-        }
+        let ssl = try self.makeSSL(serverHostname: serverHostname)
         guard let networkToSSL = BIO_new(BIO_s_mem()), let sslToNetwork = BIO_new(BIO_s_mem()) else {
             SSL_free(ssl)
             throw TLSError(code: .contextSetupFailed, reason: "BIO_new: \(TLSError.drainOpenSSLErrors())")
@@ -179,10 +176,20 @@ public final class TLSContext: @unchecked Sendable {
         // close_notify came first.
         pb_bio_set_mem_eof_return(networkToSSL, -1)
         SSL_set_bio(ssl, networkToSSL, sslToNetwork)  // the SSL owns both BIOs from here
-        // Read ahead: OpenSSL takes all the ciphertext there is from the inbound BIO in one
-        // BIO_read instead of a 5-byte header and then the body, so one record costs one BIO
-        // read, not two. Nothing waits on a socket here, so reading ahead cannot block; what it
-        // buffers is seen by SSL_has_pending, which the handler's read loop checks.
+        return TLSConnection(ssl: ssl, inbound: networkToSSL, outbound: sslToNetwork)
+    }
+
+    /// A new `SSL` in the context's role, with no BIOs yet (``makeConnection(serverHostname:)``
+    /// gives it memory BIOs, ``TLSSocket`` a socket).
+    func makeSSL(serverHostname: String?) throws(TLSError) -> OpaquePointer {
+        ERR_clear_error()
+        guard let ssl = SSL_new(self.sslContext) else {
+            throw TLSError(code: .contextSetupFailed, reason: "SSL_new: \(TLSError.drainOpenSSLErrors())")
+        }
+        // Read ahead: OpenSSL takes all the ciphertext there is in one read instead of a 5-byte
+        // header and then the body, so one record costs one read, not two. Reading ahead never
+        // blocks (memory BIOs, or a non-blocking socket); what it buffers is seen by
+        // SSL_has_pending, which every read loop checks.
         SSL_set_read_ahead(ssl, 1)
 
         switch self.configuration.role {
@@ -204,7 +211,7 @@ public final class TLSContext: @unchecked Sendable {
                 }
             }
         }
-        return TLSConnection(ssl: ssl, inbound: networkToSSL, outbound: sslToNetwork)
+        return ssl
     }
 }
 

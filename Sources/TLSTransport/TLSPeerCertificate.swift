@@ -119,16 +119,19 @@ final class TLSConnection {
         _ = bytes.withUnsafeBytes { BIO_write(new, $0.baseAddress, count) }
     }
 
-    var handshakeInfo: TLSHandshakeInfo {
+    var handshakeInfo: TLSHandshakeInfo { Self.handshakeInfo(of: self.ssl) }
+
+    /// What the handshake of `ssl` settled: the peer's certificate, the version and the cipher.
+    static func handshakeInfo(of ssl: OpaquePointer) -> TLSHandshakeInfo {
         var peer: TLSPeerCertificate?
-        if let certificate = SSL_get1_peer_certificate(self.ssl) {
+        if let certificate = SSL_get1_peer_certificate(ssl) {
             peer = TLSPeerCertificate(certificate: certificate)
             X509_free(certificate)
         }
-        let cipher = SSL_get_current_cipher(self.ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) }
+        let cipher = SSL_get_current_cipher(ssl).flatMap { SSL_CIPHER_get_name($0) }.map { String(cString: $0) }
         return TLSHandshakeInfo(
             peerCertificate: peer,
-            protocolVersion: String(cString: SSL_get_version(self.ssl)),
+            protocolVersion: String(cString: SSL_get_version(ssl)),
             cipherSuite: cipher ?? ""
         )
     }

@@ -81,6 +81,12 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
     )
     var devDirectory: String?
 
+    @Option(
+        name: .customLong("guest-transport"),
+        help: "What carries guest sessions: epoll (the broker's own loops, the default) or nio (SwiftNIO's pipeline)."
+    )
+    var guestTransport: String?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -181,6 +187,12 @@ struct BrokerDaemonCommand: AsyncParsableCommand {
         if let value = self.memorySocket { configuration.memorySocket = value }
         if let value = self.stateDirectory { configuration.stateDirectory = value }
         if let value = self.metricsListen { configuration.metricsListen = value }
+        if let value = self.guestTransport {
+            guard let kind = GuestTransportKind(rawValue: value) else {
+                throw ConfigurationProblem("--guest-transport '\(value)' is not epoll or nio")
+            }
+            configuration.guestTransport = kind
+        }
         if let value = configuration.metricsListen, BrokerConfiguration.splitHostPort(value) == nil {
             throw ConfigurationProblem("--metrics-listen '\(value)' is not HOST:PORT")
         }

@@ -82,6 +82,7 @@ struct Daemon {
             session: self.configuration.session
         )
         serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
+        serverConfiguration.transport = self.configuration.guestTransport
         // A stop's deadline (shutdown_timeout) ends sessions that never answer close_notify;
         // TLS's own close timeout must not end them sooner (a second more, so the deadline
         // always comes first), and cannot hold a stop past it (the stop force-closes).
@@ -185,7 +186,7 @@ struct Daemon {
         service.notify { $0.started(status: startedStatus) }
         ready(shown)
 
-        let background = try self.startBackgroundWork(service: service, core: core, group: group)
+        let background = try self.startBackgroundWork(service: service, core: core, group: group, server: server)
         defer { for task in background { task.cancel() } }
 
         let signal = await self.serveSignals(signals, service: service, server: server, core: core)
@@ -206,7 +207,8 @@ struct Daemon {
     private func startBackgroundWork(
         service: ServiceState,
         core: BrokerCore,
-        group: MultiThreadedEventLoopGroup
+        group: MultiThreadedEventLoopGroup,
+        server: BrokerServer
     ) throws -> [Task<Void, Never>] {
         let interval = self.statusInterval
         var tasks = [
@@ -224,12 +226,15 @@ struct Daemon {
             tasks.append(
                 Task {
                     // Ping at half the timeout (sd_watchdog_enabled(3)); each ping needs every
-                    // event loop to have run a probe that takes the core's lock, within a
-                    // quarter of the timeout. A broker whose loops or core are stuck stays
+                    // event loop (NIO's and the guest transport's) to have run a probe that
+                    // takes the core's lock, within a quarter of the timeout. A broker whose loops or core are stuck stays
                     // silent and systemd restarts it.
                     while !Task.isCancelled {
                         let started = ContinuousClock.now
-                        if await EventLoopHealth.check(group, within: timeout / 4, probe: { _ = core.sessionCount }) {
+                        let probe: @Sendable () -> Void = { _ = core.sessionCount }
+                        let served = await EventLoopHealth.check(group, within: timeout / 4, probe: probe)
+                        let guestsServed = await server.checkGuestLoops(within: timeout / 4, probe: probe)
+                        if served && guestsServed {
                             service.notify { $0.healthy() }
                         } else {
                             logger.error(
@@ -278,6 +283,7 @@ struct Daemon {
     static func explain(_ error: any Error) -> String {
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
         if let error = error as? AdminServerError { return error.message }
+        if let error = error as? GuestTransportError { return error.message }
         return "\(error)"
     }
 

@@ -97,6 +97,10 @@ final class BrokerProcess: Sendable {
 
     var adminSocket: String { "\(self.directory)/admin.sock" }
 
+    /// `PAGEBROKER_E2E_GUEST_TRANSPORT` (epoll or nio): the transport every broker started here
+    /// uses; unset, the broker's default.
+    static let guestTransport = ProcessInfo.processInfo.environment["PAGEBROKER_E2E_GUEST_TRANSPORT"]
+
     /// The tenants every end-to-end broker knows: t1–t3 plain, `paused` paused, `limited` at
     /// 2 reports a second.
     static let configuration = """
@@ -155,6 +159,8 @@ final class BrokerProcess: Sendable {
                 "--tls-cert", TestPKI.path("server.pem"), "--tls-key", key,
                 "--client-ca", TestPKI.path("ca.pem"), "--admin-socket", "\(directory)/admin.sock",
             ]
+            // CI runs these suites once more with the other guest transport (.ci/run).
+            + (Self.guestTransport.map { ["--guest-transport", $0] } ?? [])
             // Each broker keeps its pause state to itself unless a test shares one on purpose.
             + (extraArguments.contains("--state-directory") ? [] : ["--state-directory", "\(directory)/state"])
             + extraArguments

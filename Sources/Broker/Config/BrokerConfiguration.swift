@@ -39,6 +39,9 @@ public struct BrokerConfiguration: Hashable, Sendable {
     /// Event-loop threads serving guests, the admin socket and metrics; `nil`: one per core
     /// (`System.coreCount`).
     public var eventLoopThreads: Int?
+    /// What carries guest sessions: the broker's own epoll loops (default), or SwiftNIO's
+    /// pipeline (`nio`), which the broker used before.
+    public var guestTransport: GuestTransportKind = .epoll
 
     public init() {}
 
@@ -68,7 +71,7 @@ public struct BrokerConfiguration: Hashable, Sendable {
         let top = try ConfigReader(root, path: "")
         try top.only([
             "listen", "admin_socket", "trust_domain", "tls", "limits", "shutdown_timeout", "admin", "default_tenant",
-            "tenants", "state_directory", "metrics", "event_loop_threads", "memory_socket",
+            "tenants", "state_directory", "metrics", "event_loop_threads", "memory_socket", "guest_transport",
         ])
         if let value = try top.string("listen") {
             guard Self.splitHostPort(value) != nil else { throw top.bad("listen", "'\(value)' is not HOST:PORT") }
@@ -76,6 +79,12 @@ public struct BrokerConfiguration: Hashable, Sendable {
         }
         if let value = try top.string("admin_socket") { configuration.adminSocket = value }
         if let value = try top.int("event_loop_threads", in: 1...1024) { configuration.eventLoopThreads = value }
+        if let value = try top.string("guest_transport") {
+            guard let kind = GuestTransportKind(rawValue: value) else {
+                throw top.bad("guest_transport", "'\(value)' is not epoll or nio")
+            }
+            configuration.guestTransport = kind
+        }
         if let value = try top.string("memory_socket") {
             guard value.hasPrefix("/") else { throw top.bad("memory_socket", "'\(value)' is not an absolute path") }
             configuration.memorySocket = value

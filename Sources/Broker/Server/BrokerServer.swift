@@ -20,6 +20,9 @@ public struct BrokerServerConfiguration: Sendable {
     public var session: SessionConfiguration
     /// How long a TLS handshake may take.
     public var handshakeTimeout: Duration = .seconds(10)
+    /// What carries the guest sessions: the broker's own epoll loops (the default) or SwiftNIO's
+    /// pipeline.
+    public var transport: GuestTransportKind = .epoll
     /// How long a closing session waits for the guest's close_notify. The daemon makes it at
     /// least `shutdown_timeout`, so that a stop gives every session the whole timeout and it is
     /// ``BrokerServer/stop(drainTimeout:)``'s deadline, not this, that ends a silent one.
@@ -44,8 +47,17 @@ public struct BrokerServerConfiguration: Sendable {
     }
 }
 
-/// The guest listener: mutual TLS, then one ``SessionHandler`` (framing and session) per connection, all sharing
-/// one ``BrokerCore``.
+/// What carries the broker's guest sessions (`guest_transport`, docs/configuration.md).
+public enum GuestTransportKind: String, Sendable, CaseIterable {
+    /// The broker's own loops: epoll over non-blocking OpenSSL sockets, one loop per event-loop
+    /// thread (``GuestLoop``). The cheaper per report (docs/benchmarks.md).
+    case epoll
+    /// SwiftNIO's channel pipeline: `TLSHandler` (memory BIOs), then ``SessionHandler``.
+    case nio
+}
+
+/// The guest listener: mutual TLS, then one ``GuestSession`` per connection, all sharing one
+/// ``BrokerCore``; carried by the epoll transport (``GuestTransport``) or NIO's pipeline.
 public final class BrokerServer: Sendable {
     public let configuration: BrokerServerConfiguration
     public let core: BrokerCore
@@ -55,6 +67,9 @@ public final class BrokerServer: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let channel = Mutex<(any Channel)?>(nil)
+    /// The epoll transport, once started with it.
+    private let guestTransport = Mutex<GuestTransport?>(nil)
+    private let boundAddress = Mutex<SocketAddress?>(nil)
     /// Every guest connection open now (handshaking or in session), so that a stop past its
     /// deadline can close the ones still there.
     private let children = OpenConnections()
@@ -141,6 +156,57 @@ public final class BrokerServer: Sendable {
     /// Binds the listener (or adopts `socket`, an already-listening file descriptor handed over
     /// by systemd) and starts accepting guests.
     public func start(adopting socket: CInt? = nil) async throws -> SocketAddress {
+        let address: SocketAddress
+        switch self.configuration.transport {
+        case .epoll:
+            address = try self.startEpoll(adopting: socket)
+        case .nio:
+            address = try await self.startNIO(adopting: socket)
+        }
+        self.boundAddress.withLock { $0 = address }
+        self.logger.info(
+            "listening for guests",
+            metadata: [
+                "address": "\(address)", "trust_domain": "\(self.configuration.trustDomain)",
+                "transport": "\(self.configuration.transport.rawValue)",
+            ]
+        )
+        return address
+    }
+
+    private func startEpoll(adopting socket: CInt?) throws -> SocketAddress {
+        let configuration = self.configuration
+        let (core, logger, metrics) = (self.core, self.logger, self.metrics)
+        let settings = GuestLoop.Settings(
+            tls: self.tls,
+            handshakeTimeout: configuration.handshakeTimeout,
+            closeTimeout: configuration.closeTimeout,
+            tickInterval: GuestSession.tickInterval(for: configuration.session),
+            makeSession: {
+                GuestSession(
+                    core: core,
+                    configuration: configuration.session,
+                    trustDomain: configuration.trustDomain,
+                    limit: FrameSizeLimit(),
+                    logger: logger,
+                    metrics: metrics
+                )
+            },
+            connections: GuestConnectionCount(),
+            logger: logger
+        )
+        let threads = Array(self.group.makeIterator()).count
+        let transport = try GuestTransport(threads: threads, settings: settings)
+        let address = try transport.start(
+            host: configuration.host,
+            port: configuration.port,
+            adopting: socket
+        )
+        self.guestTransport.withLock { $0 = transport }
+        return address
+    }
+
+    private func startNIO(adopting socket: CInt?) async throws -> SocketAddress {
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -182,18 +248,25 @@ public final class BrokerServer: Sendable {
         }
         self.channel.withLock { $0 = channel }
         guard let address = channel.localAddress else { throw ChannelError.inappropriateOperationForState }
-        self.logger.info(
-            "listening for guests",
-            metadata: ["address": "\(address)", "trust_domain": "\(self.configuration.trustDomain)"]
-        )
         return address
     }
 
     /// The bound address, once started.
-    public var localAddress: SocketAddress? { self.channel.withLock { $0?.localAddress } }
+    public var localAddress: SocketAddress? { self.boundAddress.withLock { $0 } }
 
     /// Guest connections open now.
-    public var connectionCount: Int { self.children.count }
+    public var connectionCount: Int {
+        if let transport = self.guestTransport.withLock({ $0 }) { return transport.connections.current }
+        return self.children.count
+    }
+
+    /// Runs `probe` on every thread that carries guest sessions (the epoll transport's loops;
+    /// with NIO's pipeline, the event-loop group, which the daemon checks already) and reports
+    /// whether all ran it within `timeout`: the watchdog's evidence that sessions are served.
+    public func checkGuestLoops(within timeout: Duration, probe: @escaping @Sendable () -> Void = {}) async -> Bool {
+        guard let transport = self.guestTransport.withLock({ $0 }) else { return true }
+        return await EventLoopHealth.check(transport.executors, within: timeout, probe: probe)
+    }
 
     /// Stops accepting, tells every session the broker is shutting down, and waits (at most
     /// `drainTimeout`) for them to go. Connections still open at the deadline (a guest that
@@ -205,6 +278,8 @@ public final class BrokerServer: Sendable {
         if let channel = self.channel.withLock({ $0 }) {
             try? await channel.close()
         }
+        let transport = self.guestTransport.withLock { $0 }
+        await transport?.stopAccepting()
         let sessions = self.core.beginShutdown()
         for session in sessions { session.shutdown() }
         // Polled: sessions end on their own event loops, and a stop happens once per process.
@@ -213,20 +288,28 @@ public final class BrokerServer: Sendable {
         }
         // What is left: sessions past the deadline, and connections that never said hello
         // (they have nothing to be told).
+        if let transport {
+            if self.core.sessionCount > 0 { self.warnStopPastDeadline(drainTimeout) }
+            // Closes what is still open, at once, and ends the loops.
+            await transport.shutdown()
+            return
+        }
         let stragglers = self.children.all
         guard !stragglers.isEmpty else { return }
-        if self.core.sessionCount > 0 {
-            self.logger.warning(
-                "shutdown timeout passed: closing \(self.core.sessionCount) sessions without waiting for them",
-                metadata: ["timeout": "\(drainTimeout)"]
-            )
-        }
+        if self.core.sessionCount > 0 { self.warnStopPastDeadline(drainTimeout) }
         for channel in stragglers {
             channel.triggerUserOutboundEvent(TLSForceClose(), promise: nil)
         }
         for channel in stragglers {
             try? await channel.closeFuture.get()
         }
+    }
+
+    private func warnStopPastDeadline(_ drainTimeout: Duration) {
+        self.logger.warning(
+            "shutdown timeout passed: closing \(self.core.sessionCount) sessions without waiting for them",
+            metadata: ["timeout": "\(drainTimeout)"]
+        )
     }
 }
 

@@ -11,7 +11,15 @@ public enum EventLoopHealth {
         within timeout: Duration,
         probe: @escaping @Sendable () -> Void = {}
     ) async -> Bool {
-        let loops = Array(group.makeIterator())
+        await self.check(group.makeIterator().map { EventLoopExecutor(eventLoop: $0) }, within: timeout, probe: probe)
+    }
+
+    /// The same over any executors (the epoll transport's loops).
+    static func check(
+        _ loops: [any SessionExecutor],
+        within timeout: Duration,
+        probe: @escaping @Sendable () -> Void = {}
+    ) async -> Bool {
         guard !loops.isEmpty else { return true }
         let verdict = Verdict(pending: loops.count)
         return await withCheckedContinuation { continuation in
