@@ -138,7 +138,12 @@ final class GuestConnection: GuestSessionTransport {
     // MARK: Reading
 
     private func readAvailable() {
-        guard self.readingEnabled || self.isClosing else { return }
+        guard self.readingEnabled || self.isClosing else {
+            // Paused (a punch runs): stop watching until reading resumes, or a level-triggered
+            // socket would wake the loop again and again.
+            self.watch(self.watching & ~pbl_readable)
+            return
+        }
         if self.inbound.capacity > Self.maxKeptCapacity {
             self.inbound = ByteBufferAllocator().buffer(capacity: Self.readSize)
         }
@@ -262,15 +267,21 @@ final class GuestConnection: GuestSessionTransport {
         }
     }
 
+    /// Pausing is lazy: the socket stays watched, and only a readable event that comes while
+    /// reading is paused stops watching it (see ``readAvailable()``). A guest waits for its
+    /// report's result, so usually none comes, and a paused report costs no `epoll_ctl` (two per
+    /// punched report otherwise).
     func setReading(_ reading: Bool) {
         guard self.readingEnabled != reading else { return }
         self.readingEnabled = reading
-        guard case .open = self.state else { return }
-        if reading {
+        guard reading, case .open = self.state else { return }
+        if self.watching & pbl_readable == 0 {
+            // Something came while paused: read it now (the event that stopped the watching
+            // was taken, and a re-armed level-triggered socket may not say it again this turn).
             self.watch(self.watching | pbl_readable)
-            if self.socket.hasPending { self.loop.deferRead(self) }
-        } else {
-            self.watch(self.watching & ~pbl_readable)
+            self.loop.deferRead(self)
+        } else if self.socket.hasPending {
+            self.loop.deferRead(self)
         }
     }
 
