@@ -7,6 +7,8 @@
 //   (a) NIO+handler client ↔ C server     (b) C client ↔ C server (baseline)
 //   (c) NIO+handler client ↔ NIO+handler server (child process)   (d) C client ↔ NIO+handler server
 //   (e) NIO client ↔ C server over plain TCP   (f) C client ↔ C server over plain TCP
+//   (g) TLSSocket client ↔ C server: the project's other TLS layer, OpenSSL on a non-blocking
+//       socket (what the broker's epoll guest transport runs on), in a poll(2) loop
 // (e) and (f) are the same exchange without TLS: (a) − (e) is what the handler and OpenSSL add
 // to a NIO client, (b) − (f) what OpenSSL adds to a C client, and (e) / (f) is NIO's own cost
 // against a blocking C loop, which no TLS handler can take away.
@@ -381,6 +383,101 @@ func nioClient(name: String, port: Int, context: TLSContext?, options: Options) 
     return figures
 }
 
+/// Pair (g): ``TLSSocket`` over a non-blocking socket, waiting in poll(2) like a C client, on
+/// this thread (the driver's task blocks for the run: it has nothing else to do meanwhile).
+func socketClient(name: String, port: Int, context: TLSContext, options: Options) throws -> Figures {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw BenchError("socket: \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    guard connected == 0 else { throw BenchError("connect: \(String(cString: strerror(errno)))") }
+    var one: Int32 = 1
+    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    let tls = try TLSSocket(context: context, descriptor: fd, serverHostname: "localhost")
+
+    func wait(_ events: Int16) {
+        var poller = pollfd(fd: fd, events: events, revents: 0)
+        _ = poll(&poller, 1, -1)
+    }
+    while true {
+        switch try tls.handshake() {
+        case .done: break
+        case .wantRead:
+            wait(Int16(POLLIN))
+            continue
+        case .wantWrite:
+            wait(Int16(POLLOUT))
+            continue
+        }
+        break
+    }
+    var frame = [UInt8](repeating: 0, count: 4 + options.size)
+    withUnsafeBytes(of: UInt32(options.size).bigEndian) { frame.replaceSubrange(0..<4, with: $0) }
+    for index in 0..<options.size { frame[4 + index] = UInt8(truncatingIfNeeded: index) }
+    var inbound = [UInt8](repeating: 0, count: 16_384)
+    let warmup = 200
+    var latencies: [UInt64] = []
+    latencies.reserveCapacity(options.rounds)
+    var cpuAtStart = 0.0
+    var systemAtStart = 0.0
+    var switchesAtStart = 0
+    var measuredStart: UInt64 = 0
+    for round in 0..<(warmup + options.rounds) {
+        if round == warmup {
+            measuredStart = DispatchTime.now().uptimeNanoseconds
+            cpuAtStart = processCPUMicroseconds()
+            systemAtStart = processSystemMicroseconds()
+            switchesAtStart = processContextSwitches()
+        }
+        let sentAt = DispatchTime.now().uptimeNanoseconds
+        var written = 0
+        while written < frame.count {
+            let outcome = try frame.withUnsafeBytes { try tls.write(UnsafeRawBufferPointer(rebasing: $0[written...])) }
+            switch outcome {
+            case .wrote(let count): written += count
+            case .wantWrite: wait(Int16(POLLOUT))
+            case .wantRead: wait(Int16(POLLIN))
+            }
+        }
+        var received = 0
+        while received < frame.count {
+            let outcome = try inbound.withUnsafeMutableBytes { try tls.read(into: $0) }
+            switch outcome {
+            case .bytes(let count): received += count
+            case .wantRead: wait(Int16(POLLIN))
+            case .wantWrite: wait(Int16(POLLOUT))
+            case .closeNotify: throw BenchError("the echo server closed the connection")
+            }
+        }
+        if round >= warmup { latencies.append(DispatchTime.now().uptimeNanoseconds - sentAt) }
+    }
+    let finished = DispatchTime.now().uptimeNanoseconds
+    let cpu = (processCPUMicroseconds() - cpuAtStart) / Double(options.rounds)
+    let system = (processSystemMicroseconds() - systemAtStart) / Double(options.rounds)
+    let switches = Double(processContextSwitches() - switchesAtStart) / Double(options.rounds)
+    _ = try? tls.shutdown()
+    latencies.sort()
+    var figures = Figures(
+        name: name,
+        p50: Double(latencies[latencies.count / 2]) / 1000,
+        p99: Double(latencies[latencies.count * 99 / 100]) / 1000,
+        rate: Double(latencies.count) / (Double(finished - measuredStart) / 1e9),
+        cpu: cpu,
+        system: system
+    )
+    figures.contextSwitches = switches
+    return figures
+}
+
 /// A figure handed from the event loop to the driver.
 final class CPUFigure: Sendable {
     private let bits = Atomic<UInt64>(0)
@@ -521,9 +618,10 @@ func main() async throws {
         "a": "(a) NIO client <-> C server", "b": "(b) C client <-> C server",
         "c": "(c) NIO client <-> NIO server", "d": "(d) C client <-> NIO server",
         "e": "(e) NIO client <-> C server, TCP", "f": "(f) C client <-> C server, TCP",
+        "g": "(g) TLSSocket client <-> C server",
     ]
     for _ in 0..<options.repeats {
-        for pair in ["b", "a", "c", "d", "f", "e"] where options.pairs.contains(pair) {
+        for pair in ["b", "a", "g", "c", "d", "f", "e"] where options.pairs.contains(pair) {
             switch pair {
             case "a":
                 var figures = try await nioClient(
@@ -542,6 +640,10 @@ func main() async throws {
                 keep(try await nioClient(name: names["c"]!, port: nioPort, context: clientContext, options: options))
             case "d":
                 keep(try await cClient(name: names["d"]!, port: nioPort))
+            case "g":
+                var figures = try socketClient(name: names["g"]!, port: cPort, context: clientContext, options: options)
+                figures.connection = try ServerCounts(line: try await cServer.nextLine())
+                keep(figures)
             case "e":
                 var figures = try await nioClient(name: names["e"]!, port: plainPort, context: nil, options: options)
                 figures.connection = try ServerCounts(line: try await plainServer.nextLine())
@@ -611,7 +713,7 @@ func main() async throws {
                 + ", runs " + ratios.map { String(format: "%.2f", $0) }.joined(separator: " ") + ")"
         )
     }
-    for pair in ["a", "c", "d", "e", "f"] {
+    for pair in ["a", "g", "c", "d", "e", "f"] {
         guard let figures = runs[names[pair]!] else { continue }
         printRatio("rate ratio", pair, figures, \.ratePerSecond)
         // The target is this one: client CPU per round trip, (a) over (b).
