@@ -8,7 +8,8 @@ import Darwin
 #endif
 
 /// TLS on a non-blocking socket that its owner polls (epoll): OpenSSL reads and writes the
-/// socket itself (`SSL_set_fd`), as a plain C server does.
+/// socket itself, as a plain C server does (its socket BIO, with writes that cannot raise
+/// SIGPIPE: `pb_bio_new_socket_nosignal`).
 ///
 /// ``TLSHandler`` runs TLS inside a SwiftNIO pipeline over memory BIOs: every record is copied
 /// into a BIO and out of it again, and the pipeline's machinery runs per read and per write.
@@ -66,10 +67,13 @@ public final class TLSSocket {
     ///   certificate must match (DNS SAN or IP SAN). DNS names are also sent as SNI.
     public init(context: TLSContext, descriptor: CInt, serverHostname: String? = nil) throws(TLSError) {
         let ssl = try context.makeSSL(serverHostname: serverHostname)
-        guard SSL_set_fd(ssl, descriptor) == 1 else {
+        // Not SSL_set_fd: OpenSSL's socket BIO writes with write(2), and a write to a reset
+        // connection would raise SIGPIPE in the embedding process.
+        guard let bio = pb_bio_new_socket_nosignal(descriptor) else {
             SSL_free(ssl)
-            throw TLSError(code: .contextSetupFailed, reason: "SSL_set_fd: \(TLSError.drainOpenSSLErrors())")
+            throw TLSError(code: .contextSetupFailed, reason: "socket BIO: \(TLSError.drainOpenSSLErrors())")
         }
+        SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO from here
         // Partial writes: a write the socket cannot take whole returns what it took, so the
         // caller keeps only the rest. Moving buffer: the rest may be retried from another
         // address (the caller's buffer grows as later frames are appended to it).

@@ -63,6 +63,10 @@ void pb_ssl_forget_traffic_secret(SSL *ssl);
 /// the caller then closes without an alert.
 int pb_ssl_seal_tls13_alert(SSL *ssl, unsigned char description, unsigned char *out, size_t capacity);
 
+/// A socket BIO on `fd` (not closed with the BIO) like BIO_new_socket's, except that writes use
+/// send(MSG_NOSIGNAL): a peer that reset the connection gives EPIPE, never SIGPIPE.
+BIO *pb_bio_new_socket_nosignal(int fd);
+
 int pb_err_get_lib(unsigned long code);
 int pb_err_get_reason(unsigned long code);
 
