@@ -416,7 +416,7 @@ public struct SessionStateMachine: Sendable {
     /// order, aligned, in bounds, and starting at or after the end of the block before it (so
     /// the batch is sorted and has no overlap). Leaves the blocks in `blocks`, in wire order,
     /// which is then the order sorting would give; `false` when any block fails, for the checks
-    /// one by one to find the reason.
+    /// one by one to find the reason (`blocks` then holds placeholders, for them to clear).
     private static func checkedInOnePass(
         _ values: [UInt64],
         lowestOrder: UInt64,
@@ -424,23 +424,28 @@ public struct SessionStateMachine: Sendable {
         totalPages: UInt64,
         into blocks: inout [ReportedBlock]
     ) -> Bool {
-        values.withUnsafeBufferPointer { values in
-            var free: UInt64 = 0
-            var index = 0
-            while index + 1 < values.count {
-                let frame = values[index]
-                let order = values[index + 1]
-                index += 2
-                // The hello bounds the highest order by 63, so the shift below is exact.
-                guard order >= lowestOrder, order <= maxOrder else { return false }
-                let size: UInt64 = 1 << order
-                guard frame & (size - 1) == 0, frame >= free else { return false }
-                let (end, overflow) = frame.addingReportingOverflow(size)
-                guard !overflow, end <= totalPages else { return false }
-                free = end
-                blocks.append(ReportedBlock(frame: frame, order: order))
+        // Grown once and written in place: no capacity check per block.
+        let start = blocks.count
+        blocks.append(contentsOf: repeatElement(ReportedBlock(frame: 0, order: 0), count: values.count / 2))
+        return values.withUnsafeBufferPointer { values in
+            blocks.withUnsafeMutableBufferPointer { blocks in
+                var free: UInt64 = 0
+                var index = 0
+                for slot in start..<blocks.count {
+                    let frame = values[index]
+                    let order = values[index + 1]
+                    index += 2
+                    // The hello bounds the highest order by 63, so the shift below is exact.
+                    guard order >= lowestOrder, order <= maxOrder else { return false }
+                    let size: UInt64 = 1 << order
+                    guard frame & (size - 1) == 0, frame >= free else { return false }
+                    let (end, overflow) = frame.addingReportingOverflow(size)
+                    guard !overflow, end <= totalPages else { return false }
+                    free = end
+                    blocks[slot] = ReportedBlock(frame: frame, order: order)
+                }
+                return true
             }
-            return true
         }
     }
 
