@@ -76,8 +76,10 @@ import Testing
             self.keyed.disconnect(identity, sessionID: ids.keyed)
         }
 
-        /// Attaches a fresh memfd of the geometry's size for the guest on both cores.
-        func attachMemory(_ identity: GuestIdentity) throws {
+        /// Attaches a fresh memfd of the geometry's size for the guest on both cores; both must
+        /// take it, or (when `mayBeRefused`) both refuse it. Returns whether they took it.
+        @discardableResult
+        func attachMemory(_ identity: GuestIdentity, mayBeRefused: Bool = false) throws -> Bool {
             var tokens: [BrokerCore.MemoryAttachToken] = []
             for core in [self.handled, self.keyed] {
                 let descriptor = pb_memfd_create("report-handle-test", 0)
@@ -100,11 +102,13 @@ import Testing
                 case .success(let token): tokens.append(token)
                 case .failure(let refusal):
                     close(descriptor)
-                    Issue.record("attach refused: \(refusal)")
-                    return
+                    if !mayBeRefused || !tokens.isEmpty { Issue.record("attach refused: \(refusal)") }
+                    if let token = tokens.first { self.handled.detachMemory(token) }
+                    return false
                 }
             }
             self.attachTokens["\(identity.tenant)/\(identity.guest)"] = (tokens[0], tokens[1])
+            return true
         }
 
         func detachMemory(_ identity: GuestIdentity) {
@@ -308,5 +312,74 @@ import Testing
         #expect(twins.report(g, Self.block(0)) == .ok)
         twins.both { _ = $0.beginShutdown() }
         #expect(twins.report(g, Self.block(1)) == .shuttingDown)
+    }
+
+    /// Random interleavings of everything above, over three guests of two tenants.
+    @Test func randomSequencesOfInvalidations() throws {
+        var generator = SplitMix64(seed: 0x4A4D_13)
+        let access = MemoryAccessPolicy(allowedUIDs: [getuid()])
+        let policies: [PolicySet] = [
+            PolicySet(tenants: ["a": TenantPolicy(memoryAccess: access), "b": TenantPolicy(memoryAccess: access)]),
+            PolicySet(tenants: ["a": TenantPolicy(memoryAccess: access)]),
+            PolicySet(tenants: ["a": TenantPolicy(paused: true), "b": TenantPolicy(memoryAccess: access)]),
+            PolicySet(
+                tenants: ["a": TenantPolicy(maxReportsPerSecond: 2, burst: 2, memoryAccess: access)],
+                defaultPolicy: TenantPolicy()
+            ),
+        ]
+        let twins = Twins(policies[0])
+        let guests = [Self.identity("a", "g0"), Self.identity("b", "g1"), Self.identity("a", "g2")]
+        var attached = Set<Int>()
+        var reasons = Set<Pagebroker_V1_ReasonCode>()
+        for step in 0..<600 {
+            let pick = Int.random(in: 0..<guests.count, using: &generator)
+            let guest = guests[pick]
+            switch Int.random(in: 0..<20, using: &generator) {
+            case 0:
+                let policy = policies[Int.random(in: 0..<policies.count, using: &generator)]
+                twins.both { $0.updatePolicies(policy) }
+            case 1:
+                let paused = Bool.random(using: &generator)
+                try? twins.both { try $0.setPaused(tenant: guest.tenant, paused: paused) }
+            case 2:
+                let paused = Bool.random(using: &generator)
+                try? twins.both { try $0.setPaused(tenant: guest.tenant, guest: guest.guest, paused: paused) }
+            case 3:
+                if attached.contains(pick) {
+                    twins.detachMemory(guest)
+                    attached.remove(pick)
+                } else if try twins.attachMemory(guest, mayBeRefused: true) {
+                    attached.insert(pick)
+                }
+            case 4:
+                twins.disconnect(guest)
+            case 5:
+                twins.admit(guest)
+            case 6:
+                // Forgetting needs a disconnected guest; both ledgers agree on whether it is.
+                try? twins.both { core in
+                    _ = try core.state.withLock { (state) throws(LedgerError) in
+                        try state.ledger.forget(tenant: guest.tenant, guest: guest.guest)
+                    }
+                }
+            case 7:
+                twins.advance(.milliseconds(Int64.random(in: 0...1500, using: &generator)))
+            default:
+                let count = Int.random(in: 1...3, using: &generator)
+                let blocks = (0..<count).map { _ in
+                    ReportedBlock(frame: UInt64.random(in: 0..<2, using: &generator) << 9, order: 9)
+                }
+                reasons.insert(
+                    twins.report(
+                        guest,
+                        Array(Set(blocks.map(\.frame))).sorted().map { ReportedBlock(frame: $0, order: 9) }
+                    )
+                )
+            }
+            if step % 50 == 0 { twins.expectSameFigures() }
+        }
+        twins.expectSameFigures()
+        // The run reached every outcome a guest without a broker shutdown can get.
+        #expect(reasons.isSuperset(of: [.ok, .tenantPaused, .guestPaused, .rateLimited, .backendFailed]), "\(reasons)")
     }
 }
