@@ -85,7 +85,8 @@ import Testing
                 let descriptor = pb_memfd_create("report-handle-test", 0)
                 try #require(descriptor >= 0)
                 try #require(ftruncate(descriptor, 4096 * 1024) == 0)
-                try #require(fcntl(descriptor, 1033 /* F_ADD_SEALS */, pb_seal_shrink_bit()) == 0)
+                let addSeals: CInt = 1033  // F_ADD_SEALS
+                try #require(fcntl(descriptor, addSeals, pb_seal_shrink_bit()) == 0)
                 let request = Pagebroker_V1_AttachMemory.with {
                     $0.protocolVersion = 1
                     $0.tenantID = identity.tenant
