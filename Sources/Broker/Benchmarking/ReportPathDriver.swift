@@ -30,6 +30,7 @@ public final class ReportPathDriver {
         let sessionID: String
         var machine: SessionStateMachine
         var reportBlocks: [UInt64] = []
+        var reportHandle = BrokerCore.ReportHandle()
         var outbound: ByteBuffer
         let maxFrameSize: Int
         var round = 0
@@ -205,7 +206,12 @@ public final class ReportPathDriver {
             preconditionFailure("the report was not passed on")
         }
         // SessionHandler.account
-        switch self.core.reportStep(session.identity, sessionID: session.sessionID, blocks: blocks) {
+        switch self.core.reportStep(
+            &session.reportHandle,
+            session.identity,
+            sessionID: session.sessionID,
+            blocks: blocks
+        ) {
         case .done(let outcome):
             if outcome.reason == .ok { self.reportsOK += 1 }
             // SessionHandler.answer

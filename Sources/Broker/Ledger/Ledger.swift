@@ -67,6 +67,7 @@ public struct Ledger: Sendable {
                 GuestLedger(tenant: tenant, guest: guest, pageSize: pageSize, tenantSlot: tenantSlot)
             )
             self.guestSlots[key] = slot
+            self.slotGeneration &+= 1
             self.tenantRecords[tenantSlot].guests += 1
         }
         let oldPageSize = self.guestRecords[slot].pageSize
@@ -96,6 +97,7 @@ public struct Ledger: Sendable {
         self.tenantRecords[record.tenantSlot].guests -= 1
         // Fill the hole with the last record, so the array stays dense and slots stay O(1).
         self.guestSlots[key] = nil
+        self.slotGeneration &+= 1
         let last = self.guestRecords.removeLast()
         if slot < self.guestRecords.count {
             self.guestRecords[slot] = last
@@ -122,6 +124,31 @@ public struct Ledger: Sendable {
     ) throws(LedgerError) -> Int {
         try Self.checkBounds(ranges, tenant: tenant, guest: guest)
         let slot = try self.slot(tenant: tenant, guest: guest, state: .connected)
+        return self.report(ranges, slot: slot)
+    }
+
+    /// Where the guest's record is, for ``report(slot:tenant:guest:ranges:)``; `nil` for an
+    /// unknown guest. The slot stays the guest's while ``slotGeneration`` is unchanged.
+    func guestSlot(tenant: String, guest: String) -> Int? {
+        self.guestSlots[GuestKey(tenant: tenant, guest: guest)]
+    }
+
+    /// Changes whenever a guest's record is added or may have moved to another slot (only
+    /// ``forget(tenant:guest:)`` moves one: it fills the hole with the last record), so a slot
+    /// looked up earlier, or found missing, is known to be still right while it is unchanged.
+    private(set) var slotGeneration: UInt64 = 0
+
+    /// ``report(tenant:guest:ranges:)`` for the guest at `slot`, found with
+    /// ``guestSlot(tenant:guest:)`` while ``slotGeneration`` was what it is now: the same checks,
+    /// errors and figures, without looking the guest up.
+    mutating func report(
+        slot: Int,
+        tenant: String,
+        guest: String,
+        ranges: some Collection<Range<UInt64>>
+    ) throws(LedgerError) -> Int {
+        try Self.checkBounds(ranges, tenant: tenant, guest: guest)
+        try Self.requireConnected(self.guestRecords[slot])
         return self.report(ranges, slot: slot)
     }
 

@@ -17,12 +17,16 @@ struct MemoryTable {
         var failuresByErrno: [String: Int] = [:]
     }
 
-    var attached: [BrokerCore.GuestKey: Attached] = [:]
+    var attached: [BrokerCore.GuestKey: Attached] = [:] {
+        didSet { self.generation &+= 1 }
+    }
     /// Inhibits set with `pagebrokerctl inhibit`, with their reason; they apply whether or not
     /// memory is attached now, so an inhibit set before a VMM attaches still holds.
     var adminInhibited: [BrokerCore.GuestKey: String] = [:]
     /// Guests paused with `pagebrokerctl pause TENANT GUEST` (persisted by the daemon).
-    var pausedGuests: Set<BrokerCore.GuestKey> = []
+    var pausedGuests: Set<BrokerCore.GuestKey> = [] {
+        didSet { self.generation &+= 1 }
+    }
     /// Reports being punched now, per guest: a new session's hello waits for these to finish
     /// before it says `prior_reports_settled`.
     var inFlight: [BrokerCore.GuestKey: Int] = [:]
@@ -30,6 +34,9 @@ struct MemoryTable {
     var settleWaiters: [BrokerCore.GuestKey: [@Sendable () -> Void]] = [:]
     var figures: [BrokerCore.GuestKey: Figures] = [:]
     var nextToken: UInt64 = 0
+    /// Changes whenever `attached` or `pausedGuests` does: a ``BrokerCore/ReportHandle`` that
+    /// saw a guest unpaused and without memory is right while it is unchanged.
+    private(set) var generation: UInt64 = 0
 
     /// Why the guest's discard is inhibited, or `nil` when it is not.
     func inhibitReason(_ key: BrokerCore.GuestKey) -> String? {

@@ -38,7 +38,11 @@ public final class BrokerCore: AdminBackend, Sendable {
     struct State {
         var ledger = Ledger()
         /// The policies in force: the configuration's, with `pauseOverrides` applied.
-        var policies: PolicySet
+        var policies: PolicySet {
+            didSet { self.policyGeneration &+= 1 }
+        }
+        /// Changes whenever `policies` does (a reload, a pause or resume), for ``ReportHandle``.
+        private(set) var policyGeneration: UInt64 = 0
         /// The configuration's policies, as last loaded.
         var configuredPolicies: PolicySet
         /// Pause and resume set through the admin socket; they outlive reloads.
@@ -214,89 +218,174 @@ public final class BrokerCore: AdminBackend, Sendable {
         }
     }
 
+    /// What a session's report step found the last time it looked the guest up by name, so
+    /// that its next reports need not: the tenant's policy, the guest's pause and memory, and
+    /// where its ledger record is.
+    ///
+    /// The core checks it against generation counters that change whenever any of those can
+    /// (a reload or a pause replaces the policies; a guest paused, resumed, or its memory
+    /// attached or detached; a ledger record added or moved), so a stale handle is never used:
+    /// the step looks the guest up again and refreshes it. A handle belongs to one guest of one
+    /// core; a session keeps one for its guest.
+    public struct ReportHandle: Sendable {
+        fileprivate var policyGeneration: UInt64 = 0
+        fileprivate var memoryGeneration: UInt64 = 0
+        fileprivate var slotGeneration: UInt64 = 0
+        fileprivate var filled = false
+        /// The guest's ledger slot when nothing but the ledger stands between its reports and
+        /// an OK (the tenant configured, neither it nor the guest paused, no rate limit, no
+        /// memory attached); `nil` when a report needs the full step.
+        fileprivate var directSlot: Int?
+
+        /// A handle that has looked nothing up yet.
+        public init() {}
+    }
+
+    /// ``reportStep(_:sessionID:blocks:)`` for a session that keeps `handle` for its guest: the
+    /// same outcome and counters, without looking the guest up while the handle is current.
+    func reportStep(
+        _ handle: inout ReportHandle,
+        _ identity: GuestIdentity,
+        sessionID: String?,
+        blocks: [ReportedBlock]
+    ) -> ReportStep {
+        let now = self.clock()
+        return self.state.withLock { state in
+            let current =
+                handle.filled && handle.policyGeneration == state.policyGeneration
+                && handle.memoryGeneration == state.memory.generation
+                && handle.slotGeneration == state.ledger.slotGeneration
+            if current, let slot = handle.directSlot, !state.shuttingDown {
+                do {
+                    _ = try state.ledger.report(
+                        slot: slot,
+                        tenant: identity.tenant,
+                        guest: identity.guest,
+                        ranges: blocks.lazy.map { $0.frame..<($0.frame + (1 << $0.order)) }
+                    )
+                    return .done((.ok, 0, "", nil))
+                } catch {
+                    // What the keyed step's ledger call throws for the same record.
+                    state.ledger.recordReportFailure(
+                        tenant: identity.tenant,
+                        reason: Pagebroker_V1_ReasonCode.backendFailed.code
+                    )
+                    return .done((.backendFailed, 1000, "\(error)", nil))
+                }
+            }
+            if !current { Self.refresh(&handle, identity, state: state) }
+            return self.keyedStep(&state, identity, sessionID: sessionID, blocks: blocks, now: now)
+        }
+    }
+
+    private static func refresh(_ handle: inout ReportHandle, _ identity: GuestIdentity, state: State) {
+        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
+        handle.policyGeneration = state.policyGeneration
+        handle.memoryGeneration = state.memory.generation
+        handle.slotGeneration = state.ledger.slotGeneration
+        handle.filled = true
+        handle.directSlot = nil
+        guard let policy = state.policies.policy(for: identity.tenant), !policy.paused,
+            policy.maxReportsPerSecond == nil, !state.memory.pausedGuests.contains(key),
+            state.memory.attached[key] == nil
+        else { return }
+        handle.directSlot = state.ledger.guestSlot(tenant: identity.tenant, guest: identity.guest)
+    }
+
     /// The locked part of ``account(_:sessionID:blocks:)``: every check, and the ledger when
     /// nothing is to be punched. A `.punch` step counts as in flight until ``punchAndAccount``.
     func reportStep(_ identity: GuestIdentity, sessionID: String?, blocks: [ReportedBlock]) -> ReportStep {
         let now = self.clock()
-        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
         return self.state.withLock { state in
-            let tenant = identity.tenant
-            func failed(_ reason: Pagebroker_V1_ReasonCode, _ retry: UInt32, _ message: String) -> ReportStep {
-                state.ledger.recordReportFailure(tenant: tenant, reason: reason.code)
-                return .done((reason, retry, message, nil))
-            }
-            if state.shuttingDown { return failed(.shuttingDown, 0, "broker is shutting down") }
-            guard let policy = state.policies.policy(for: tenant) else {
+            self.keyedStep(&state, identity, sessionID: sessionID, blocks: blocks, now: now)
+        }
+    }
+
+    /// The report step, finding the guest's policy, pause, memory and record by its names.
+    private func keyedStep(
+        _ state: inout State,
+        _ identity: GuestIdentity,
+        sessionID: String?,
+        blocks: [ReportedBlock],
+        now: Duration
+    ) -> ReportStep {
+        let key = GuestKey(tenant: identity.tenant, guest: identity.guest)
+        let tenant = identity.tenant
+        func failed(_ reason: Pagebroker_V1_ReasonCode, _ retry: UInt32, _ message: String) -> ReportStep {
+            state.ledger.recordReportFailure(tenant: tenant, reason: reason.code)
+            return .done((reason, retry, message, nil))
+        }
+        if state.shuttingDown { return failed(.shuttingDown, 0, "broker is shutting down") }
+        guard let policy = state.policies.policy(for: tenant) else {
+            return failed(
+                .tenantPaused,
+                Self.pausedRetryAfterMilliseconds,
+                "tenant \(tenant) is no longer configured"
+            )
+        }
+        if policy.paused {
+            return failed(.tenantPaused, Self.pausedRetryAfterMilliseconds, "tenant \(tenant) is paused")
+        }
+        if state.memory.pausedGuests.contains(key) {
+            return failed(
+                .guestPaused,
+                Self.pausedRetryAfterMilliseconds,
+                "guest \(tenant)/\(identity.guest) is paused"
+            )
+        }
+        if let rate = policy.maxReportsPerSecond {
+            var bucket =
+                state.buckets[tenant]
+                ?? TokenBucket(
+                    rate: rate,
+                    capacity: Double(policy.burst ?? max(1, Int(rate.rounded(.up)))),
+                    now: now
+                )
+            let decision = bucket.take(now: now)
+            state.buckets[tenant] = bucket
+            if case .limited(let retryAfter) = decision {
+                let milliseconds =
+                    retryAfter.components.seconds * 1000 + retryAfter.components.attoseconds / 1_000_000_000_000_000
                 return failed(
-                    .tenantPaused,
-                    Self.pausedRetryAfterMilliseconds,
-                    "tenant \(tenant) is no longer configured"
+                    .rateLimited,
+                    UInt32(clamping: max(1, milliseconds)),
+                    "tenant \(tenant) is over \(rate) reports/s"
                 )
             }
-            if policy.paused {
-                return failed(.tenantPaused, Self.pausedRetryAfterMilliseconds, "tenant \(tenant) is paused")
-            }
-            if state.memory.pausedGuests.contains(key) {
+        }
+        if let attached = state.memory.attached[key] {
+            if let reason = state.memory.inhibitReason(key) {
                 return failed(
-                    .guestPaused,
+                    .discardInhibited,
                     Self.pausedRetryAfterMilliseconds,
-                    "guest \(tenant)/\(identity.guest) is paused"
+                    "discard is inhibited for guest \(tenant)/\(identity.guest) (\(reason))"
                 )
             }
-            if let rate = policy.maxReportsPerSecond {
-                var bucket =
-                    state.buckets[tenant]
-                    ?? TokenBucket(
-                        rate: rate,
-                        capacity: Double(policy.burst ?? max(1, Int(rate.rounded(.up)))),
-                        now: now
-                    )
-                let decision = bucket.take(now: now)
-                state.buckets[tenant] = bucket
-                if case .limited(let retryAfter) = decision {
-                    let milliseconds =
-                        retryAfter.components.seconds * 1000 + retryAfter.components.attoseconds / 1_000_000_000_000_000
-                    return failed(
-                        .rateLimited,
-                        UInt32(clamping: max(1, milliseconds)),
-                        "tenant \(tenant) is over \(rate) reports/s"
-                    )
-                }
+            if let sessionID, state.sessions[key]?.sessionID != sessionID {
+                return failed(.sessionReplaced, 0, "a newer session of this guest took over")
             }
-            if let attached = state.memory.attached[key] {
-                if let reason = state.memory.inhibitReason(key) {
-                    return failed(
-                        .discardInhibited,
-                        Self.pausedRetryAfterMilliseconds,
-                        "discard is inhibited for guest \(tenant)/\(identity.guest) (\(reason))"
-                    )
-                }
-                if let sessionID, state.sessions[key]?.sessionID != sessionID {
-                    return failed(.sessionReplaced, 0, "a newer session of this guest took over")
-                }
-                let geometry = state.ledger.guest(tenant: tenant, guest: identity.guest)?.pageSize
-                guard geometry == Int(attached.attachment.pageSize) else {
-                    return failed(
-                        .backendFailed,
-                        Self.discardFailureRetryAfterMilliseconds,
-                        "the memory attached for this guest has page size \(attached.attachment.pageSize); the session's is \(geometry.map(String.init) ?? "unknown")"
-                    )
-                }
-                // Counted before the lock is released, so a hello that arrives while this report
-                // is being punched waits for it (see `whenPriorReportsSettled`).
-                state.memory.inFlight[key, default: 0] += 1
-                return .punch(attached.attachment)
-            }
-            do {
-                _ = try state.ledger.report(
-                    tenant: tenant,
-                    guest: identity.guest,
-                    ranges: blocks.lazy.map { $0.frame..<($0.frame + (1 << $0.order)) }
+            let geometry = state.ledger.guest(tenant: tenant, guest: identity.guest)?.pageSize
+            guard geometry == Int(attached.attachment.pageSize) else {
+                return failed(
+                    .backendFailed,
+                    Self.discardFailureRetryAfterMilliseconds,
+                    "the memory attached for this guest has page size \(attached.attachment.pageSize); the session's is \(geometry.map(String.init) ?? "unknown")"
                 )
-                return .done((.ok, 0, "", nil))
-            } catch {
-                return failed(.backendFailed, 1000, "\(error)")
             }
+            // Counted before the lock is released, so a hello that arrives while this report
+            // is being punched waits for it (see `whenPriorReportsSettled`).
+            state.memory.inFlight[key, default: 0] += 1
+            return .punch(attached.attachment)
+        }
+        do {
+            _ = try state.ledger.report(
+                tenant: tenant,
+                guest: identity.guest,
+                ranges: blocks.lazy.map { $0.frame..<($0.frame + (1 << $0.order)) }
+            )
+            return .done((.ok, 0, "", nil))
+        } catch {
+            return failed(.backendFailed, 1000, "\(error)")
         }
     }
 

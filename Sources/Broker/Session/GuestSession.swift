@@ -47,6 +47,8 @@ final class GuestSession {
     private var roundTripsWaiting: [Duration] = []
     /// The storage of the last report's block list, handed to the decoder for the next one.
     private var reportBlocks: [UInt64] = []
+    /// What the core's report step looked up for this session's guest, kept for the next report.
+    private var reportHandle = BrokerCore.ReportHandle()
 
     init(
         core: BrokerCore,
@@ -397,7 +399,7 @@ final class GuestSession {
     /// attached, after its punch.
     private func account(seq: UInt64, blocks: [ReportedBlock], receivedAt: Duration) {
         guard let identity = self.identity else { return }
-        switch self.core.reportStep(identity, sessionID: self.sessionID, blocks: blocks) {
+        switch self.core.reportStep(&self.reportHandle, identity, sessionID: self.sessionID, blocks: blocks) {
         case .done(let outcome):
             self.answer(seq: seq, outcome, receivedAt: receivedAt)
         case .punch(let attachment):

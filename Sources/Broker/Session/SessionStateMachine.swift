@@ -55,6 +55,9 @@ public struct SessionStateMachine: Sendable {
     /// `.account` action that carried it is gone it is uniquely referenced again, and a report
     /// is checked without allocating.
     private var reportBlocks: [ReportedBlock] = []
+    /// Whether a report's blocks are first checked in one pass (``checkedInOnePass``); off only
+    /// in tests, which compare the one pass with the checks one by one.
+    var checksReportsInOnePass = true
 
     public init(configuration: SessionConfiguration, now: Duration) {
         self.configuration = configuration
@@ -79,6 +82,13 @@ public struct SessionStateMachine: Sendable {
     /// A frame arrived from the guest.
     public mutating func receive(_ frame: Pagebroker_V1_Frame, now: Duration) -> Action {
         self.lastReceived = now
+        // The common frame first, as the switch below would take it: a report once the session
+        // is established. Matched on its own, it needs no copy of the body and state pair.
+        if case .active(var active) = self.state, case .report(let report)? = frame.body {
+            let action = self.report(report, active: &active)
+            self.state = .active(active)
+            return action
+        }
         guard let body = frame.body else {
             return self.fail(.protocolViolation, "frame has no body this protocol version knows")
         }
@@ -343,18 +353,34 @@ public struct SessionStateMachine: Sendable {
             return refuse(.sequenceReplayed, "seq \(seq) is not greater than \(active.lastSeq)")
         }
         active.lastSeq = seq
-        guard let list = PairList<ReportedBlock>(report.blocks), !list.isEmpty else {
-            return refuse(.invalidRange, report.blocks.isEmpty ? "empty report" : "odd-length block list")
+        let values = report.blocks
+        guard values.count.isMultiple(of: 2), !values.isEmpty else {
+            return refuse(.invalidRange, values.isEmpty ? "empty report" : "odd-length block list")
         }
-        guard list.count <= active.maxRangesPerReport else {
-            return refuse(.tooManyRanges, "\(list.count) blocks, at most \(active.maxRangesPerReport)")
+        guard values.count / 2 <= active.maxRangesPerReport else {
+            return refuse(.tooManyRanges, "\(values.count / 2) blocks, at most \(active.maxRangesPerReport)")
         }
         let geometry = active.geometry
         var blocks = self.reportBlocks
         self.reportBlocks = []
         blocks.removeAll(keepingCapacity: true)
         defer { self.reportBlocks = blocks }
-        blocks.reserveCapacity(list.count)
+        blocks.reserveCapacity(values.count / 2)
+        if self.checksReportsInOnePass,
+            Self.checkedInOnePass(
+                values,
+                lowestOrder: UInt64(active.lowestOrder),
+                maxOrder: UInt64(geometry.maxOrder),
+                totalPages: geometry.totalPages,
+                into: &blocks
+            )
+        {
+            return .account(seq: seq, blocks: blocks)
+        }
+        // The checks one by one, each over the whole batch, so that a report with several faults
+        // gets the reason of the first check it fails.
+        blocks.removeAll(keepingCapacity: true)
+        let list = PairList<ReportedBlock>(values)!
         for block in list {
             guard block.order >= UInt64(active.lowestOrder), block.order <= UInt64(geometry.maxOrder) else {
                 return refuse(
@@ -384,6 +410,43 @@ public struct SessionStateMachine: Sendable {
             }
         }
         return .account(seq: seq, blocks: blocks)
+    }
+
+    /// The common report, checked in one pass over the wire values: every block of an allowed
+    /// order, aligned, in bounds, and starting at or after the end of the block before it (so
+    /// the batch is sorted and has no overlap). Leaves the blocks in `blocks`, in wire order,
+    /// which is then the order sorting would give; `false` when any block fails, for the checks
+    /// one by one to find the reason (`blocks` then holds placeholders, for them to clear).
+    private static func checkedInOnePass(
+        _ values: [UInt64],
+        lowestOrder: UInt64,
+        maxOrder: UInt64,
+        totalPages: UInt64,
+        into blocks: inout [ReportedBlock]
+    ) -> Bool {
+        // Grown once and written in place: no capacity check per block.
+        let start = blocks.count
+        blocks.append(contentsOf: repeatElement(ReportedBlock(frame: 0, order: 0), count: values.count / 2))
+        return values.withUnsafeBufferPointer { values in
+            blocks.withUnsafeMutableBufferPointer { blocks in
+                var free: UInt64 = 0
+                var index = 0
+                for slot in start..<blocks.count {
+                    let frame = values[index]
+                    let order = values[index + 1]
+                    index += 2
+                    // The hello bounds the highest order by 63, so the shift below is exact.
+                    guard order >= lowestOrder, order <= maxOrder else { return false }
+                    let size: UInt64 = 1 << order
+                    guard frame & (size - 1) == 0, frame >= free else { return false }
+                    let (end, overflow) = frame.addingReportingOverflow(size)
+                    guard !overflow, end <= totalPages else { return false }
+                    free = end
+                    blocks[slot] = ReportedBlock(frame: frame, order: order)
+                }
+                return true
+            }
+        }
     }
 
     private mutating func sent(_ action: Action, now: Duration) -> Action {

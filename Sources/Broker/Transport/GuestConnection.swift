@@ -33,8 +33,6 @@ final class GuestConnection: GuestSessionTransport {
     /// Plaintext the session sent that the socket did not take yet (kept, then retried when the
     /// socket is writable; partial TLS writes allow a moving, growing buffer).
     private var unsent: ByteBuffer?
-    /// Plaintext read from the socket; one per connection, cleared (not reallocated) per read.
-    private var inbound: ByteBuffer
     private var readingEnabled = true
     private var waitingToWrite = false
     private var watching: UInt32 = pbl_readable
@@ -44,9 +42,6 @@ final class GuestConnection: GuestSessionTransport {
 
     /// Room for one TLS record's plaintext: a larger read is a bulk sync, cut into records.
     private static let readSize = 16_384
-    /// Buffers larger than this are not kept between reads (an idle session should not hold a
-    /// bulk sync's storage).
-    private static let maxKeptCapacity = 16_384 + 1_024
 
     init(socket: TLSSocket, peer: String, session: GuestSession, loop: GuestLoop) {
         self.descriptor = socket.descriptor
@@ -54,7 +49,6 @@ final class GuestConnection: GuestSessionTransport {
         self.socket = socket
         self.session = session
         self.loop = loop
-        self.inbound = ByteBufferAllocator().buffer(capacity: 0)
     }
 
     var executor: any SessionExecutor { self.loop }
@@ -144,10 +138,10 @@ final class GuestConnection: GuestSessionTransport {
             self.watch(self.watching & ~pbl_readable)
             return
         }
-        if self.inbound.capacity > Self.maxKeptCapacity {
-            self.inbound = ByteBufferAllocator().buffer(capacity: Self.readSize)
-        }
-        self.inbound.clear()
+        // The loop's buffer, not one per connection: the session copies what it keeps (a partial
+        // frame), so ten thousand idle sessions hold no read buffer each.
+        var inbound = self.loop.takeReadBuffer()
+        defer { self.loop.returnReadBuffer(inbound) }
         var ended: TLSSocket.ReadOutcome?
         var failure: TLSError?
         // A bounded batch per turn, so that one guest's bulk sync does not hold the others up.
@@ -157,7 +151,7 @@ final class GuestConnection: GuestSessionTransport {
             var outcome = TLSSocket.ReadOutcome.wantRead
             var thrown: TLSError?
             let socket = self.socket
-            self.inbound.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.readSize) { space in
+            inbound.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.readSize) { space in
                 do throws(TLSError) {
                     outcome = try socket.read(into: space)
                 } catch {
@@ -194,8 +188,8 @@ final class GuestConnection: GuestSessionTransport {
             }
             return
         }
-        if self.inbound.readableBytes > 0 {
-            self.session.received(&self.inbound)
+        if inbound.readableBytes > 0 {
+            self.session.received(&inbound)
             self.session.readComplete()
         }
         if let failure {

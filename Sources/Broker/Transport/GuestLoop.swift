@@ -307,6 +307,21 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
 
     var settings: Settings { self.state.settings }
 
+    /// The loop's read buffer, cleared, for one connection's read (see ``returnReadBuffer(_:)``).
+    func takeReadBuffer() -> ByteBuffer {
+        guard var buffer = self.state.readBuffer else {
+            return ByteBufferAllocator().buffer(capacity: 16_384)
+        }
+        self.state.readBuffer = nil
+        buffer.clear()
+        return buffer
+    }
+
+    /// Gives the read buffer back, unless a bulk read grew it past what a loop keeps.
+    func returnReadBuffer(_ buffer: ByteBuffer) {
+        if buffer.capacity <= 64 * 1_024 { self.state.readBuffer = buffer }
+    }
+
     private func finishClosed() {
         let state = self.state
         while let connection = state.closed.popLast() { connection.sessionEnded() }
@@ -365,6 +380,8 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         var handshakeDeadlines = CircularBuffer<(deadline: ContinuousClock.Instant, connection: GuestConnection)>()
         var closeDeadlines = CircularBuffer<(deadline: ContinuousClock.Instant, connection: GuestConnection)>()
         var nextTick = ContinuousClock.now
+        /// Plaintext is read into this, one connection at a time.
+        var readBuffer: ByteBuffer?
 
         init(settings: Settings) { self.settings = settings }
     }
