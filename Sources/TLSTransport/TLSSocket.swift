@@ -105,7 +105,7 @@ public final class TLSSocket {
     ///   certificate, no URI SAN, expired, refused by the validator, or the connection closed
     ///   during the handshake).
     public func handshake() throws(TLSError) -> Progress {
-        ERR_clear_error()
+        Self.clearErrors()
         let result = SSL_do_handshake(self.ssl)
         if result == 1 {
             try self.judgePeer()
@@ -142,7 +142,7 @@ public final class TLSSocket {
     ///   close_notify, ``TLSError/Code/protocolError`` (or the alert's meaning) on a bad record,
     ///   ``TLSError/Code/connectionClosed`` when the socket failed (reset).
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> ReadOutcome {
-        ERR_clear_error()
+        Self.clearErrors()
         let result = SSL_read(self.ssl, buffer.baseAddress, Int32(clamping: buffer.count))
         if result > 0 { return .bytes(Int(result)) }
         switch SSL_get_error(self.ssl, result) {
@@ -178,7 +178,7 @@ public final class TLSSocket {
     ///   closed its end), or the OpenSSL failure.
     public func write(_ bytes: UnsafeRawBufferPointer) throws(TLSError) -> WriteOutcome {
         guard bytes.count > 0 else { return .wrote(0) }
-        ERR_clear_error()
+        Self.clearErrors()
         let result = SSL_write(self.ssl, bytes.baseAddress, Int32(clamping: bytes.count))
         if result > 0 { return .wrote(Int(result)) }
         switch SSL_get_error(self.ssl, result) {
@@ -206,7 +206,7 @@ public final class TLSSocket {
     /// - Throws: ``TLSError/Code/connectionClosed`` when the socket failed, or the OpenSSL
     ///   failure.
     public func shutdown() throws(TLSError) -> Progress {
-        ERR_clear_error()
+        Self.clearErrors()
         let result = SSL_shutdown(self.ssl)
         if result >= 0 { return .done }
         switch SSL_get_error(self.ssl, result) {
@@ -253,6 +253,14 @@ public final class TLSSocket {
     private func isUnexpectedEOF() -> Bool {
         let first = ERR_peek_error()
         return first != 0 && pb_err_get_reason(first) == SSL_R_UNEXPECTED_EOF_WHILE_READING
+    }
+
+    /// Empties OpenSSL's error queue before a call, as SSL_get_error needs. Usually it is
+    /// empty already (every failure here drains it): looking costs less than clearing its
+    /// sixteen slots, which was ~1.4% of the broker's CPU per report.
+    @inline(__always)
+    private static func clearErrors() {
+        if ERR_peek_error() != 0 { ERR_clear_error() }
     }
 
     private static func errnoText(_ code: CInt = errno) -> String {

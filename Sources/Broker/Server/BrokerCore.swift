@@ -249,8 +249,7 @@ public final class BrokerCore: AdminBackend, Sendable {
         sessionID: String?,
         blocks: [ReportedBlock]
     ) -> ReportStep {
-        let now = self.clock()
-        return self.state.withLock { state in
+        self.state.withLock { state in
             let current =
                 handle.filled && handle.policyGeneration == state.policyGeneration
                 && handle.memoryGeneration == state.memory.generation
@@ -274,7 +273,9 @@ public final class BrokerCore: AdminBackend, Sendable {
                 }
             }
             if !current { Self.refresh(&handle, identity, state: state) }
-            return self.keyedStep(&state, identity, sessionID: sessionID, blocks: blocks, now: now)
+            // The clock is read only here: a report the handle answers needs no time (no rate
+            // limit applies to it), and a clock read was ~2% of the broker's CPU per report.
+            return self.keyedStep(&state, identity, sessionID: sessionID, blocks: blocks, now: self.clock())
         }
     }
 
