@@ -209,6 +209,8 @@ let package = Package(
                 "CGuestMemory",
                 "BrokerAdminClient",
                 "BrokerProtocol",
+                // TLS sockets for the guests of the transport's concurrency test.
+                "TLSTransport",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 // Built so that the admin tests can run it as a real process.
                 "pagebrokerctl",
