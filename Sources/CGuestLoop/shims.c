@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <pthread.h>
 #include <unistd.h>
 
 const uint32_t pbl_readable = EPOLLIN;
@@ -137,4 +138,10 @@ int pbl_local_address(int fd, char *address, size_t address_capacity, int *port)
     if (getsockname(fd, (struct sockaddr *)&storage, &length) < 0) return -1;
     format_address(&storage, address, address_capacity, 0, port);
     return 0;
+}
+
+int pbl_set_thread_name(const char *name) {
+    char truncated[16];
+    snprintf(truncated, sizeof truncated, "%s", name);
+    return pthread_setname_np(pthread_self(), truncated);
 }

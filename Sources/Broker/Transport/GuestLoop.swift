@@ -146,6 +146,8 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
 
     private func run() {
         self.threadID.store(UInt(pthread_self()), ordering: .releasing)
+        // Named for top -H, perf and gdb (at most 15 characters).
+        _ = pbl_set_thread_name("pb-\(self.name)")
         let state = self.state
         let capacity = 256
         var readyFDs = [Int32](repeating: 0, count: capacity)

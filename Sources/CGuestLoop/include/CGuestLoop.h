@@ -46,4 +46,8 @@ int pbl_listen(const char *host, int port, int backlog, char *error, size_t erro
 /* The socket's local address as text (no brackets) and port. */
 int pbl_local_address(int fd, char *address, size_t address_capacity, int *port);
 
+/* Names the calling thread (what top -H, perf and gdb show), cut to 15 characters. Returns 0
+ * on success, else an errno value. */
+int pbl_set_thread_name(const char *name);
+
 #endif
