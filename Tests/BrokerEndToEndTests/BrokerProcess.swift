@@ -122,11 +122,13 @@ final class BrokerProcess: Sendable {
 
     /// `user`: run the broker as that user (through `runuser`, so the test must be root), as
     /// the service's `User=pagebroker` does; its directory and TLS files are handed to it.
+    /// `descriptorLimit`: run it with that `RLIMIT_NOFILE` (through `prlimit`).
     init(
         extraArguments: [String] = [],
         directory existing: String? = nil,
         configuration: String? = nil,
-        user: String? = nil
+        user: String? = nil,
+        descriptorLimit: Int? = nil
     ) throws {
         let directory =
             existing
@@ -167,6 +169,10 @@ final class BrokerProcess: Sendable {
         if let user {
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
             process.arguments = ["-u", user, "--", executable] + brokerArguments
+        } else if let descriptorLimit {
+            // util-linux's prlimit sets RLIMIT_NOFILE, then execs the broker.
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+            process.arguments = ["--nofile=\(descriptorLimit):\(descriptorLimit)", "--", executable] + brokerArguments
         } else {
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = brokerArguments
