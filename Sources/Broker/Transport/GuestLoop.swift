@@ -279,7 +279,9 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         )
         state.connections[fd] = connection
         state.settings.connections.opened()
-        state.handshakeDeadlines.append((ContinuousClock.now + state.settings.handshakeTimeout, connection))
+        state.handshakeDeadlines.append(
+            Deadline(deadline: ContinuousClock.now + state.settings.handshakeTimeout, connection: connection)
+        )
         connection.start()
     }
 
@@ -304,7 +306,9 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
 
     /// The connection waits for the peer's close_notify until the close timeout.
     func armCloseDeadline(_ connection: GuestConnection) {
-        self.state.closeDeadlines.append((ContinuousClock.now + self.state.settings.closeTimeout, connection))
+        self.state.closeDeadlines.append(
+            Deadline(deadline: ContinuousClock.now + self.state.settings.closeTimeout, connection: connection)
+        )
     }
 
     var settings: Settings { self.state.settings }
@@ -345,12 +349,12 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         let now = ContinuousClock.now
         while let first = state.handshakeDeadlines.first, first.deadline <= now {
             state.handshakeDeadlines.removeFirst()
-            first.connection.handshakeDeadlinePassed()
+            first.connection?.handshakeDeadlinePassed()
             self.finishClosed()
         }
         while let first = state.closeDeadlines.first, first.deadline <= now {
             state.closeDeadlines.removeFirst()
-            first.connection.closeDeadlinePassed()
+            first.connection?.closeDeadlinePassed()
             self.finishClosed()
         }
         if let resume = state.acceptPausedUntil, resume <= now {
@@ -368,6 +372,14 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         }
     }
 
+    /// When a connection's handshake or close must be over. Weak: a connection that closed
+    /// sooner (most do) is freed at once, not when its deadline comes (under a reconnect storm
+    /// that would hold thousands of closed connections, each with its OpenSSL buffers).
+    private struct Deadline {
+        let deadline: ContinuousClock.Instant
+        weak var connection: GuestConnection?
+    }
+
     /// The loop's own state, touched only on its thread.
     private final class State {
         let settings: Settings
@@ -379,8 +391,8 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         /// Connections whose sockets closed; their sessions end after the current event.
         var closed: [GuestConnection] = []
         var deferredReads: [GuestConnection] = []
-        var handshakeDeadlines = CircularBuffer<(deadline: ContinuousClock.Instant, connection: GuestConnection)>()
-        var closeDeadlines = CircularBuffer<(deadline: ContinuousClock.Instant, connection: GuestConnection)>()
+        var handshakeDeadlines = CircularBuffer<Deadline>()
+        var closeDeadlines = CircularBuffer<Deadline>()
         var nextTick = ContinuousClock.now
         /// Plaintext is read into this, one connection at a time.
         var readBuffer: ByteBuffer?
