@@ -12,11 +12,11 @@ import Synchronization
 /// guest's record is one range and every later report is already discarded). `load` sends no
 /// reuse, so neither does this. The guests take turns, one report each.
 ///
-/// One report is the session handler's path for it: `FrameParser.parse(_:reusingBlocks:)` of the
-/// frame's bytes, `SessionStateMachine.receive`, the core's locked report step,
-/// `SessionStateMachine.reportAccounted`, `FrameEncoder.write` of the result into the session's
-/// reused outbound buffer (cleared again as a flush does), and the block list handed back to the
-/// decoder. The frame bytes are encoded once per slot pattern before the run; each report
+/// One report is the session handler's direct path for it: `FrameParser.parseDirect(_:reportBlocks:)`
+/// of the frame's bytes into the session's reused block list (no `Frame` built),
+/// `SessionStateMachine.receiveReport`, the core's locked report step,
+/// `SessionStateMachine.reportAnswered` and its result written from its fields into the session's
+/// reused outbound buffer (cleared again as a flush does). The frame bytes are encoded once per slot pattern before the run; each report
 /// only writes its seq into them (a 3-byte varint, seqs starting at 2^14, so frames keep one
 /// length), so the bytes arriving cost the same few instructions every report.
 ///
@@ -194,15 +194,22 @@ public final class ReportPathDriver {
         var bytes = self.input
         let parser = FrameParser(maxFrameSize: session.maxFrameSize)
         guard
-            let (frame, consumed) = try! parser.parse(
+            let (frame, consumed) = try! parser.parseDirect(
                 bytes.readableBytesSpan,
-                reusingBlocks: &session.reportBlocks
-            )
-        else { preconditionFailure("a whole frame did not decode") }
+                reportBlocks: &session.reportBlocks
+            ),
+            case .report(let reportSeq) = frame
+        else { preconditionFailure("a whole report frame did not decode") }
         bytes.moveReaderIndex(forwardBy: consumed)
         // SessionHandler.process
         let now = self.core.now
-        guard case .account(let accountedSeq, let blocks) = session.machine.receive(frame, now: now) else {
+        guard
+            case .account(let accountedSeq, let blocks) = session.machine.receiveReport(
+                seq: reportSeq,
+                blocks: session.reportBlocks,
+                now: now
+            )
+        else {
             preconditionFailure("the report was not passed on")
         }
         // SessionHandler.account
@@ -215,21 +222,18 @@ public final class ReportPathDriver {
         case .done(let outcome):
             if outcome.reason == .ok { self.reportsOK += 1 }
             // SessionHandler.answer
-            guard
-                case .send(let reply) = session.machine.reportAccounted(
-                    seq: accountedSeq,
-                    reason: outcome.reason,
-                    retryAfterMilliseconds: outcome.retryAfterMilliseconds,
-                    message: outcome.message,
-                    now: self.core.now
-                )
-            else { preconditionFailure("no result to send") }
-            try! FrameEncoder.write(reply, into: &session.outbound, maxFrameSize: session.maxFrameSize)
+            let answer = session.machine.reportAnswered(
+                seq: accountedSeq,
+                reason: outcome.reason,
+                retryAfterMilliseconds: outcome.retryAfterMilliseconds,
+                message: outcome.message,
+                now: self.core.now
+            )
+            try! answer.write(into: &session.outbound, maxFrameSize: session.maxFrameSize)
         case .punch:
             preconditionFailure("no memory is attached")
         }
         // The flush at the end of the read batch.
         session.outbound.clear()
-        if case .report(let report)? = frame.body { session.reportBlocks = report.blocks }
     }
 }

@@ -30,7 +30,7 @@ final class GuestSession {
     /// meanwhile wait here, so that they are still handled in order (docs/protocol.md: a reuse
     /// sent after a report is applied after it), and reading pauses until it is done.
     private var punching = false
-    private var framesWaiting: [Pagebroker_V1_Frame] = []
+    private var framesWaiting: [Inbound] = []
     /// The broker began stopping while a punch ran: say goodbye once it is answered.
     private var shutdownWaiting = false
     /// Where punches run; see ``startPunch(seq:blocks:attachment:receivedAt:)``.
@@ -160,12 +160,12 @@ final class GuestSession {
         // (as `ByteToMessageHandler`'s last decode loop).
         while atEndOfStream || self.framing.isDecoding {
             let parser = FrameParser(maxFrameSize: self.limit.maxFrameSize)
-            let parsed: (frame: Pagebroker_V1_Frame, consumed: Int)?
+            let parsed: (frame: FrameParser.DirectFrame, consumed: Int)?
             do throws(FrameError) {
                 parsed =
                     atEndOfStream
-                    ? try parser.parseAtEndOfStream(bytes.readableBytesSpan)
-                    : try parser.parse(bytes.readableBytesSpan, reusingBlocks: &self.reportBlocks)
+                    ? try parser.parseDirectAtEndOfStream(bytes.readableBytesSpan, reportBlocks: &self.reportBlocks)
+                    : try parser.parseDirect(bytes.readableBytesSpan, reportBlocks: &self.reportBlocks)
             } catch {
                 self.framing.decodeState = .failed(error)
                 if self.transport != nil { self.failed(error) }
@@ -173,10 +173,15 @@ final class GuestSession {
             }
             guard let (frame, consumed) = parsed else { return }
             bytes.moveReaderIndex(forwardBy: consumed)
-            self.receive(frame)
-            // Its storage is unique again once `frame` is gone (unless the frame waits behind a
-            // punch: then the next report allocates, as it did before).
-            if case .report(let report)? = frame.body { self.reportBlocks = report.blocks }
+            switch frame {
+            case .report(let seq):
+                // The list is read, not taken: its storage is unique again once the report is
+                // handled, and the next report decodes into it (unless this one waits behind a
+                // punch: then the next report allocates, as it did before).
+                self.receive(.report(seq: seq, blocks: self.reportBlocks))
+            case .frame(let frame):
+                self.receive(.frame(frame))
+            }
         }
     }
 
@@ -204,6 +209,24 @@ final class GuestSession {
         }
         do {
             try FrameEncoder.write(frame, into: &self.framing.outbound, maxFrameSize: self.limit.maxFrameSize)
+            return true
+        } catch {
+            self.framing.encodeError = error
+            self.failed(error)
+            return false
+        }
+    }
+
+    /// ``write(_:)`` of a report's result, encoded from its fields (the same bytes).
+    @discardableResult
+    private func write(_ answer: SessionStateMachine.ReportAnswer) -> Bool {
+        guard self.transport != nil else { return false }
+        if let error = self.framing.encodeError {
+            self.failed(error)
+            return false
+        }
+        do {
+            try answer.write(into: &self.framing.outbound, maxFrameSize: self.limit.maxFrameSize)
             return true
         } catch {
             self.framing.encodeError = error
@@ -248,7 +271,14 @@ final class GuestSession {
 
     // MARK: Frames
 
-    private func receive(_ frame: Pagebroker_V1_Frame) {
+    /// A decoded frame: a report on the direct path (no `Frame` built), or any other frame.
+    /// Frames waiting behind a punch keep this form, so that reports and the rest stay in order.
+    private enum Inbound {
+        case report(seq: UInt64, blocks: [UInt64])
+        case frame(Pagebroker_V1_Frame)
+    }
+
+    private func receive(_ frame: Inbound) {
         guard let transport = self.transport else { return }
         guard self.identity != nil else {
             transport.close()
@@ -261,9 +291,15 @@ final class GuestSession {
         self.process(frame)
     }
 
-    private func process(_ frame: Pagebroker_V1_Frame) {
+    private func process(_ frame: Inbound) {
         let now = self.core.now
-        let action = self.machine.receive(frame, now: now)
+        let action: SessionStateMachine.Action
+        switch frame {
+        case .report(let seq, let blocks):
+            action = self.machine.receiveReport(seq: seq, blocks: blocks, now: now)
+        case .frame(let frame):
+            action = self.machine.receive(frame, now: now)
+        }
         // Each answered report is counted exactly once: one the core accounts (`.account`) is
         // counted by the core, whatever its outcome (ok, paused, rate limited, backend failed,
         // shutting down); one the state machine refuses before accounting (invalid, misaligned,
@@ -461,15 +497,18 @@ final class GuestSession {
     /// Sends a report's result and times its round trip (only reports that got a result are
     /// timed, so the histogram's count equals the reports counted).
     private func answer(seq: UInt64, _ outcome: BrokerCore.ReportOutcome, receivedAt: Duration, now: Duration) {
-        self.perform(
-            self.machine.reportAccounted(
-                seq: seq,
-                reason: outcome.reason,
-                retryAfterMilliseconds: outcome.retryAfterMilliseconds,
-                message: outcome.message,
-                now: now
-            )
+        let answer = self.machine.reportAnswered(
+            seq: seq,
+            reason: outcome.reason,
+            retryAfterMilliseconds: outcome.retryAfterMilliseconds,
+            message: outcome.message,
+            now: now
         )
+        // As `perform(.send(answer.frame))`, with the result written from its fields.
+        if self.transport != nil {
+            self.write(answer)
+            if !self.reading { self.flushOutbound(thenClose: false) }
+        }
         self.endRoundTrip(receivedAt: receivedAt)
     }
 
