@@ -210,24 +210,6 @@ final class GuestSession {
         }
     }
 
-    /// ``write(_:)`` of a report's result, encoded from its fields (the same bytes).
-    @discardableResult
-    private func write(_ answer: SessionStateMachine.ReportAnswer) -> Bool {
-        guard self.transport != nil else { return false }
-        if let error = self.framing.encodeError {
-            self.failed(error)
-            return false
-        }
-        do {
-            try answer.write(into: &self.framing.outbound, maxFrameSize: self.limit.maxFrameSize)
-            return true
-        } catch {
-            self.framing.encodeError = error
-            self.failed(error)
-            return false
-        }
-    }
-
     /// Sends the outbound buffer, if it holds anything (and closes after it when asked), and
     /// ends the round trips of the reports it answers.
     private func flushOutbound(thenClose: Bool) {
@@ -540,7 +522,8 @@ final class GuestSession {
     /// times its round trip.
     private func send(_ answer: SessionStateMachine.ReportAnswer, receivedAt: Duration) {
         if self.transport != nil {
-            self.write(answer)
+            // As `write(_:)` does for a frame: a failed encode fails the session.
+            if let error = self.framing.write(answer, maxFrameSize: self.limit.maxFrameSize) { self.failed(error) }
             if !self.reading { self.flushOutbound(thenClose: false) }
         }
         self.endRoundTrip(receivedAt: receivedAt)
