@@ -125,8 +125,9 @@ public struct FrameParser: Sendable, Hashable {
     package enum DirectFrame: Sendable, Equatable {
         /// A report frame: `Frame { report { seq, blocks } }`, its blocks in the caller's list.
         case report(seq: UInt64)
-        /// Any frame that is not a report.
-        case frame(Pagebroker_V1_Frame)
+        /// Any frame that is not a report. Boxed: a `Frame` (its `oneof` one large enum) would
+        /// make every report's result as large, copied with `memcpy` on each return.
+        indirect case frame(Pagebroker_V1_Frame)
     }
 
     /// ``parse(_:)``, with a report frame yielded as its seq and its blocks in `reportBlocks`

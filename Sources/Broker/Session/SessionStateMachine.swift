@@ -9,10 +9,11 @@ public struct SessionStateMachine: Sendable {
     /// What the handler must do next.
     public enum Action: Sendable, Equatable {
         case none
-        /// Send this frame.
-        case send(Pagebroker_V1_Frame)
+        /// Send this frame. (The frame cases are boxed: a `Frame`, its `oneof` one large enum,
+        /// would make every action as large, an `.account` of each report copied with `memcpy`.)
+        indirect case send(Pagebroker_V1_Frame)
         /// Send this frame (an `Error` or `Goodbye`), then close the connection.
-        case sendAndClose(Pagebroker_V1_Frame)
+        indirect case sendAndClose(Pagebroker_V1_Frame)
         /// Close without sending anything (the peer said goodbye, errored, or went silent).
         case close(reason: String)
         /// The guest said hello with this geometry: admit it (session registry, tenant limits)
