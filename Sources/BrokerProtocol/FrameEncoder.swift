@@ -31,6 +31,40 @@ public struct FrameEncoder: MessageToByteEncoder {
         try self.writeWithSwiftProtobuf(frame, into: &buffer, maxFrameSize: maxFrameSize)
     }
 
+    /// Appends the `ReportResult` frame with these fields, as ``write(_:into:maxFrameSize:)``
+    /// writes `Frame { report_result { seq, reason, retry_after_ms, message } }`, byte for
+    /// byte, without building that frame unless it has a message (or a negative reason).
+    ///
+    /// - Throws: as ``write(_:into:maxFrameSize:)``.
+    package static func writeReportResult(
+        seq: UInt64,
+        reason: Pagebroker_V1_ReasonCode,
+        retryAfterMilliseconds: UInt32,
+        message: String,
+        into buffer: inout ByteBuffer,
+        maxFrameSize: Int
+    ) throws {
+        if message.isEmpty,
+            try ReportFrameCodec.writeResult(
+                seq: seq,
+                reason: reason,
+                retryAfterMilliseconds: retryAfterMilliseconds,
+                into: &buffer,
+                maxFrameSize: maxFrameSize
+            )
+        {
+            return
+        }
+        var result = Pagebroker_V1_ReportResult()
+        result.seq = seq
+        result.reason = reason
+        result.retryAfterMs = retryAfterMilliseconds
+        result.message = message
+        var frame = Pagebroker_V1_Frame()
+        frame.body = .reportResult(result)
+        try self.writeWithSwiftProtobuf(frame, into: &buffer, maxFrameSize: maxFrameSize)
+    }
+
     /// ``write(_:into:maxFrameSize:)`` without the report fast path: the
     /// reference the fast path is checked against.
     package static func writeWithSwiftProtobuf(

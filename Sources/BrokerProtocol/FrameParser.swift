@@ -118,6 +118,72 @@ public struct FrameParser: Sendable, Hashable {
         return frame
     }
 
+    // MARK: The direct path
+
+    /// A frame as the direct path decodes it: a report without a `Frame` (its blocks are in the
+    /// list the caller passed), anything else as the `Frame` ``parse(_:)`` gives.
+    package enum DirectFrame: Sendable, Equatable {
+        /// A report frame: `Frame { report { seq, blocks } }`, its blocks in the caller's list.
+        case report(seq: UInt64)
+        /// Any frame that is not a report. Boxed: a `Frame` (its `oneof` one large enum) would
+        /// make every report's result as large, copied with `memcpy` on each return.
+        indirect case frame(Pagebroker_V1_Frame)
+    }
+
+    /// ``parse(_:)``, with a report frame yielded as its seq and its blocks in `reportBlocks`
+    /// (contents replaced, storage kept), never as a `Frame`: the same frames, the same
+    /// consumed counts and the same errors as ``parse(_:)``. After a frame that is not a
+    /// report, what `reportBlocks` holds is unspecified.
+    package func parseDirect(
+        _ bytes: RawSpan,
+        reportBlocks: inout [UInt64]
+    ) throws(FrameError) -> (frame: DirectFrame, consumed: Int)? {
+        guard let length = Self.announcedLength(bytes) else { return nil }
+        guard length <= self.maxFrameSize else {
+            throw FrameError(code: .frameTooLarge, frameLength: length, maxFrameSize: self.maxFrameSize)
+        }
+        let end = WireProtocol.lengthPrefixSize + length
+        guard bytes.byteCount >= end else { return nil }
+        let frame = try Self.decodeBodyDirect(
+            bytes.extracting(WireProtocol.lengthPrefixSize..<end),
+            reportBlocks: &reportBlocks
+        )
+        return (frame, end)
+    }
+
+    /// ``parseAtEndOfStream(_:)`` on the direct path (see ``parseDirect(_:reportBlocks:)``).
+    package func parseDirectAtEndOfStream(
+        _ bytes: RawSpan,
+        reportBlocks: inout [UInt64]
+    ) throws(FrameError) -> (frame: DirectFrame, consumed: Int)? {
+        guard !bytes.isEmpty else { return nil }
+        if let parsed = try self.parseDirect(bytes, reportBlocks: &reportBlocks) { return parsed }
+        throw FrameError(
+            code: .truncatedFrame,
+            frameLength: Self.announcedLength(bytes),
+            detail: "stream ended with \(bytes.byteCount) bytes of an incomplete frame"
+        )
+    }
+
+    /// ``decodeBody(_:)`` on the direct path: a report (however it is encoded, so also one
+    /// only SwiftProtobuf decodes: fields out of order, unknown fields, unpacked blocks) comes
+    /// back as its seq with its blocks in `reportBlocks`; any other frame as ``decodeBody(_:)``
+    /// gives it, and every error is the same.
+    package static func decodeBodyDirect(
+        _ body: RawSpan,
+        reportBlocks: inout [UInt64]
+    ) throws(FrameError) -> DirectFrame {
+        if let seq = ReportFrameCodec.decodeReport(body, into: &reportBlocks) { return .report(seq: seq) }
+        let frame = try self.decodeBody(body)
+        // Unknown fields are discarded (``decodeBody(_:)``), so seq and blocks are the whole
+        // of such a report.
+        if case .report(let report)? = frame.body {
+            reportBlocks = report.blocks
+            return .report(seq: report.seq)
+        }
+        return .frame(frame)
+    }
+
     private static let decodingOptions: BinaryDecodingOptions = {
         var options = BinaryDecodingOptions()
         options.discardUnknownFields = true

@@ -75,14 +75,37 @@ package enum ReportFrameCodec {
         into buffer: inout ByteBuffer,
         maxFrameSize: Int
     ) throws(FrameError) -> Bool {
-        let reason = result.reason.rawValue
-        guard result.message.isEmpty, frame.unknownFields.data.isEmpty, result.unknownFields.data.isEmpty,
-            reason >= 0, reason <= Int(Int32.max)
-        else { return false }
+        guard result.message.isEmpty, frame.unknownFields.data.isEmpty, result.unknownFields.data.isEmpty else {
+            return false
+        }
+        return try self.writeResult(
+            seq: result.seq,
+            reason: result.reason,
+            retryAfterMilliseconds: result.retryAfterMs,
+            into: &buffer,
+            maxFrameSize: maxFrameSize
+        )
+    }
+
+    /// `Frame { report_result { seq, reason, retry_after_ms } }` (no message) with its length
+    /// prefix, from its fields: the bytes SwiftProtobuf writes for that frame, with no frame to
+    /// build.
+    ///
+    /// - Returns: `false` without touching `buffer` for a reason SwiftProtobuf would write as a
+    ///   negative (ten-byte) varint; the caller then uses SwiftProtobuf.
+    package static func writeResult(
+        seq: UInt64,
+        reason: Pagebroker_V1_ReasonCode,
+        retryAfterMilliseconds: UInt32,
+        into buffer: inout ByteBuffer,
+        maxFrameSize: Int
+    ) throws(FrameError) -> Bool {
+        let reason = reason.rawValue
+        guard reason >= 0, reason <= Int(Int32.max) else { return false }
         var resultSize = 0
-        if result.seq != 0 { resultSize += fieldSize(result.seq) }
+        if seq != 0 { resultSize += fieldSize(seq) }
         if reason != 0 { resultSize += fieldSize(UInt64(reason)) }
-        if result.retryAfterMs != 0 { resultSize += fieldSize(UInt64(result.retryAfterMs)) }
+        if retryAfterMilliseconds != 0 { resultSize += fieldSize(UInt64(retryAfterMilliseconds)) }
         let frameSize = 1 + varintSize(UInt64(resultSize)) + resultSize
         guard frameSize <= maxFrameSize else {
             throw FrameError(code: .frameTooLarge, frameLength: frameSize, maxFrameSize: maxFrameSize)
@@ -91,9 +114,9 @@ package enum ReportFrameCodec {
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
             var out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
             writeFrameHeader(frameSize: frameSize, tag: frameResultTag, bodySize: resultSize, to: &out)
-            if result.seq != 0 { writeField(resultSeqTag, result.seq, to: &out) }
+            if seq != 0 { writeField(resultSeqTag, seq, to: &out) }
             if reason != 0 { writeField(resultReasonTag, UInt64(reason), to: &out) }
-            if result.retryAfterMs != 0 { writeField(resultRetryTag, UInt64(result.retryAfterMs), to: &out) }
+            if retryAfterMilliseconds != 0 { writeField(resultRetryTag, UInt64(retryAfterMilliseconds), to: &out) }
             return total
         }
         return true
@@ -119,43 +142,63 @@ package enum ReportFrameCodec {
             case frameResultTag: return decodeResult(&reader)
             default: return nil
             }
-            guard let reportSize = reader.varint(), reportSize == UInt64(reader.remaining) else { return nil }
-
             // Taken out of `blocks`, so that it is uniquely referenced and clearing it keeps
             // its storage; given back on every path that does not decode the report.
             var list = blocks
             blocks = []
-            list.removeAll(keepingCapacity: true)
-            var report = Pagebroker_V1_Report()
-            while reader.remaining > 0 {
-                switch reader.byte() {
-                case seqTag:
-                    guard let seq = reader.varint() else {
-                        blocks = list
-                        return nil
-                    }
-                    report.seq = seq
-                case blocksTag:
-                    guard let size = reader.varint(), size <= UInt64(reader.remaining) else {
-                        blocks = list
-                        return nil
-                    }
-                    let packed = UnsafeRawBufferPointer(rebasing: raw[reader.offset..<reader.offset + Int(size)])
-                    guard Self.appendPacked(packed, to: &list) else {
-                        blocks = list
-                        return nil
-                    }
-                    reader.offset += Int(size)
-                default:
-                    blocks = list
-                    return nil
-                }
+            guard let seq = decodeReportFields(&reader, raw, into: &list) else {
+                blocks = list
+                return nil
             }
+            var report = Pagebroker_V1_Report()
+            report.seq = seq
             report.blocks = list
             var frame = Pagebroker_V1_Frame()
             frame.body = .report(report)
             return frame
         }
+    }
+
+    /// The report of a frame body that is exactly one report, as ``decode(_:reusingBlocks:)``
+    /// would claim it, without a `Frame`: its seq, with its blocks in `blocks` (contents
+    /// replaced, capacity kept). `nil` for any other body, and then what `blocks` holds is
+    /// unspecified (its storage is kept).
+    ///
+    /// The broker's direct path: a report frame is decoded, checked and answered without a
+    /// `Frame` value to build, copy and destroy.
+    package static func decodeReport(_ body: RawSpan, into blocks: inout [UInt64]) -> UInt64? {
+        body.withUnsafeBytes { raw -> UInt64? in
+            var reader = Reader(raw)
+            guard reader.byte() == frameReportTag else { return nil }
+            return decodeReportFields(&reader, raw, into: &blocks)
+        }
+    }
+
+    /// The rest of a frame body after the `report` tag: the report's length, then its seq and
+    /// packed blocks (each at most once, in that order), decoded into `list` (cleared first).
+    private static func decodeReportFields(
+        _ reader: inout Reader,
+        _ raw: UnsafeRawBufferPointer,
+        into list: inout [UInt64]
+    ) -> UInt64? {
+        guard let reportSize = reader.varint(), reportSize == UInt64(reader.remaining) else { return nil }
+        list.removeAll(keepingCapacity: true)
+        var seq: UInt64 = 0
+        while reader.remaining > 0 {
+            switch reader.byte() {
+            case seqTag:
+                guard let value = reader.varint() else { return nil }
+                seq = value
+            case blocksTag:
+                guard let size = reader.varint(), size <= UInt64(reader.remaining) else { return nil }
+                let packed = UnsafeRawBufferPointer(rebasing: raw[reader.offset..<reader.offset + Int(size)])
+                guard Self.appendPacked(packed, to: &list) else { return nil }
+                reader.offset += Int(size)
+            default:
+                return nil
+            }
+        }
+        return seq
     }
 
     /// Appends the varints of a packed `repeated uint64` field's bytes to `list`, read as

@@ -59,6 +59,26 @@ struct FrameDecoderFuzzCase {
         guard fast == reference else {
             fatalError("report fast path disagrees with SwiftProtobuf: \(fast) vs \(reference)")
         }
+        // The broker's direct path (a report as seq and blocks, no Frame): the same report, the
+        // same other frame, the same error, into storage that already holds values.
+        var blocks: [UInt64] = [7, 7, 7]
+        let direct = Result { () throws(FrameError) -> Pagebroker_V1_Frame in
+            switch try FrameParser.decodeBodyDirect(body, reportBlocks: &blocks) {
+            case .report(let seq):
+                var report = Pagebroker_V1_Report()
+                report.seq = seq
+                report.blocks = blocks
+                var frame = Pagebroker_V1_Frame()
+                frame.body = .report(report)
+                return frame
+            case .frame(let frame):
+                guard case .report? = frame.body else { return frame }
+                fatalError("the direct path gave a report as a Frame")
+            }
+        }
+        guard direct == reference else {
+            fatalError("direct report path disagrees with SwiftProtobuf: \(direct) vs \(reference)")
+        }
     }
 
     private struct Outcome: CustomStringConvertible {

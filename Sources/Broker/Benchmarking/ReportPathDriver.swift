@@ -12,11 +12,12 @@ import Synchronization
 /// guest's record is one range and every later report is already discarded). `load` sends no
 /// reuse, so neither does this. The guests take turns, one report each.
 ///
-/// One report is the session handler's path for it: `FrameParser.parse(_:reusingBlocks:)` of the
-/// frame's bytes, `SessionStateMachine.receive`, the core's locked report step,
-/// `SessionStateMachine.reportAccounted`, `FrameEncoder.write` of the result into the session's
-/// reused outbound buffer (cleared again as a flush does), and the block list handed back to the
-/// decoder. The frame bytes are encoded once per slot pattern before the run; each report
+/// One report is the session's direct path for it (`GuestSession.decodeFrames` and
+/// `processReport`): `FrameParser.parseDirect(_:reportBlocks:)` of the frame's bytes into the
+/// session's reused block list (no `Frame` built), then ``SessionReportPath/report(seq:core:identity:sessionID:now:)``
+/// (`SessionStateMachine.receiveReport`, the core's locked report step,
+/// `SessionStateMachine.reportAnswered`, in one access), and the result written from its fields
+/// into the session's reused outbound buffer (cleared again as a flush does). The frame bytes are encoded once per slot pattern before the run; each report
 /// only writes its seq into them (a 3-byte varint, seqs starting at 2^14, so frames keep one
 /// length), so the bytes arriving cost the same few instructions every report.
 ///
@@ -28,9 +29,8 @@ public final class ReportPathDriver {
     private final class Session {
         let identity: GuestIdentity
         let sessionID: String
-        var machine: SessionStateMachine
-        var reportBlocks: [UInt64] = []
-        var reportHandle = BrokerCore.ReportHandle()
+        /// As `GuestSession.path`: machine, block storage and report handle in one property.
+        var path: SessionReportPath
         var outbound: ByteBuffer
         let maxFrameSize: Int
         var round = 0
@@ -43,7 +43,7 @@ public final class ReportPathDriver {
         ) {
             self.identity = identity
             self.sessionID = sessionID
-            self.machine = machine
+            self.path = SessionReportPath(machine: machine)
             self.outbound = outbound
             self.maxFrameSize = Int(machine.maxFrameSize)
         }
@@ -190,46 +190,36 @@ public final class ReportPathDriver {
         }
         self.input.moveReaderIndex(to: self.templates[pattern].lowerBound)
 
-        // SessionHandler.decodeFrames (the buffer a read delivered)
+        // GuestSession.decodeFrames (the buffer a read delivered)
         var bytes = self.input
         let parser = FrameParser(maxFrameSize: session.maxFrameSize)
         guard
-            let (frame, consumed) = try! parser.parse(
+            let (frame, consumed) = try! parser.parseDirect(
                 bytes.readableBytesSpan,
-                reusingBlocks: &session.reportBlocks
-            )
-        else { preconditionFailure("a whole frame did not decode") }
+                reportBlocks: &session.path.blocks
+            ),
+            case .report(let reportSeq) = frame
+        else { preconditionFailure("a whole report frame did not decode") }
         bytes.moveReaderIndex(forwardBy: consumed)
-        // SessionHandler.process
+        // GuestSession.processReport: checked, accounted and answered in one access.
         let now = self.core.now
-        guard case .account(let accountedSeq, let blocks) = session.machine.receive(frame, now: now) else {
-            preconditionFailure("the report was not passed on")
-        }
-        // SessionHandler.account
-        switch self.core.reportStep(
-            &session.reportHandle,
-            session.identity,
+        switch session.path.report(
+            seq: reportSeq,
+            core: self.core,
+            identity: session.identity,
             sessionID: session.sessionID,
-            blocks: blocks
+            now: now
         ) {
-        case .done(let outcome):
-            if outcome.reason == .ok { self.reportsOK += 1 }
-            // SessionHandler.answer
-            guard
-                case .send(let reply) = session.machine.reportAccounted(
-                    seq: accountedSeq,
-                    reason: outcome.reason,
-                    retryAfterMilliseconds: outcome.retryAfterMilliseconds,
-                    message: outcome.message,
-                    now: self.core.now
-                )
-            else { preconditionFailure("no result to send") }
-            try! FrameEncoder.write(reply, into: &session.outbound, maxFrameSize: session.maxFrameSize)
+        case .answered(let answer):
+            if answer.reason == .ok { self.reportsOK += 1 }
+            // GuestSession.send
+            try! answer.write(into: &session.outbound, maxFrameSize: session.maxFrameSize)
         case .punch:
             preconditionFailure("no memory is attached")
+        case .action:
+            preconditionFailure("the report was not passed on")
         }
         // The flush at the end of the read batch.
         session.outbound.clear()
-        if case .report(let report)? = frame.body { session.reportBlocks = report.blocks }
     }
 }

@@ -40,6 +40,21 @@ struct SessionFraming {
         self.outbound = allocator.buffer(capacity: outboundCapacity)
     }
 
+    /// Writes a report's result into the outbound buffer, unless an earlier encode failed: the
+    /// error (that one, or this write's, then kept for every later write) comes back for the
+    /// session to fail with. One access to the framing per result, not one for the error and
+    /// one for the buffer.
+    mutating func write(_ answer: SessionStateMachine.ReportAnswer, maxFrameSize: Int) -> (any Error)? {
+        if let error = self.encodeError { return error }
+        do {
+            try answer.write(into: &self.outbound, maxFrameSize: maxFrameSize)
+            return nil
+        } catch {
+            self.encodeError = error
+            return error
+        }
+    }
+
     var isDecoding: Bool {
         if case .active = self.decodeState { return true }
         return false

@@ -21,7 +21,9 @@ final class GuestSession {
     private let limit: FrameSizeLimit
     private let metrics: BrokerMetrics?
     private var logger: Logger
-    private var machine: SessionStateMachine
+    /// The state machine, the decoder's block storage and the core's report handle, together:
+    /// see ``SessionReportPath``.
+    private var path: SessionReportPath
     private var identity: GuestIdentity?
     private var sessionID: String?
     private var transport: (any GuestSessionTransport)?
@@ -30,7 +32,7 @@ final class GuestSession {
     /// meanwhile wait here, so that they are still handled in order (docs/protocol.md: a reuse
     /// sent after a report is applied after it), and reading pauses until it is done.
     private var punching = false
-    private var framesWaiting: [Pagebroker_V1_Frame] = []
+    private var framesWaiting: [Inbound] = []
     /// The broker began stopping while a punch ran: say goodbye once it is answered.
     private var shutdownWaiting = false
     /// Where punches run; see ``startPunch(seq:blocks:attachment:receivedAt:)``.
@@ -45,10 +47,6 @@ final class GuestSession {
     /// When the reports answered in the outbound buffer arrived: their round trips end when the
     /// buffer is written. Its capacity is kept (no allocation per batch).
     private var roundTripsWaiting: [Duration] = []
-    /// The storage of the last report's block list, handed to the decoder for the next one.
-    private var reportBlocks: [UInt64] = []
-    /// What the core's report step looked up for this session's guest, kept for the next report.
-    private var reportHandle = BrokerCore.ReportHandle()
 
     init(
         core: BrokerCore,
@@ -65,12 +63,12 @@ final class GuestSession {
         self.limit = limit
         self.metrics = metrics
         self.logger = logger
-        self.machine = SessionStateMachine(configuration: configuration, now: core.now)
+        self.path = SessionReportPath(machine: SessionStateMachine(configuration: configuration, now: core.now))
     }
 
     /// How often the transport should call ``tick()``: often enough for the handshake timeout
     /// and heartbeats to fire close to on time.
-    var tickInterval: Duration { Self.tickInterval(for: self.machine.configuration) }
+    var tickInterval: Duration { Self.tickInterval(for: self.path.machine.configuration) }
 
     /// The tick interval of sessions with `configuration`.
     static func tickInterval(for configuration: SessionConfiguration) -> Duration {
@@ -86,7 +84,7 @@ final class GuestSession {
 
     /// The clock moved on: heartbeats, handshake and idle timeouts.
     func tick() {
-        self.perform(self.machine.tick(now: self.core.now))
+        self.perform(self.path.machine.tick(now: self.core.now))
     }
 
     /// The TLS handshake completed (and the peer validator accepted the peer).
@@ -160,12 +158,12 @@ final class GuestSession {
         // (as `ByteToMessageHandler`'s last decode loop).
         while atEndOfStream || self.framing.isDecoding {
             let parser = FrameParser(maxFrameSize: self.limit.maxFrameSize)
-            let parsed: (frame: Pagebroker_V1_Frame, consumed: Int)?
+            let parsed: (frame: FrameParser.DirectFrame, consumed: Int)?
             do throws(FrameError) {
                 parsed =
                     atEndOfStream
-                    ? try parser.parseAtEndOfStream(bytes.readableBytesSpan)
-                    : try parser.parse(bytes.readableBytesSpan, reusingBlocks: &self.reportBlocks)
+                    ? try parser.parseDirectAtEndOfStream(bytes.readableBytesSpan, reportBlocks: &self.path.blocks)
+                    : try parser.parseDirect(bytes.readableBytesSpan, reportBlocks: &self.path.blocks)
             } catch {
                 self.framing.decodeState = .failed(error)
                 if self.transport != nil { self.failed(error) }
@@ -173,10 +171,10 @@ final class GuestSession {
             }
             guard let (frame, consumed) = parsed else { return }
             bytes.moveReaderIndex(forwardBy: consumed)
-            self.receive(frame)
-            // Its storage is unique again once `frame` is gone (unless the frame waits behind a
-            // punch: then the next report allocates, as it did before).
-            if case .report(let report)? = frame.body { self.reportBlocks = report.blocks }
+            switch frame {
+            case .report(let seq): self.receiveReport(seq: seq)
+            case .frame(let frame): self.receive(.frame(frame))
+            }
         }
     }
 
@@ -248,7 +246,29 @@ final class GuestSession {
 
     // MARK: Frames
 
-    private func receive(_ frame: Pagebroker_V1_Frame) {
+    /// A decoded frame: a report on the direct path (no `Frame` built), or any other frame.
+    /// Frames waiting behind a punch keep this form, so that reports and the rest stay in order.
+    private enum Inbound {
+        case report(seq: UInt64, blocks: [UInt64])
+        case frame(Pagebroker_V1_Frame)
+    }
+
+    /// A report decoded into `path.blocks`.
+    private func receiveReport(seq: UInt64) {
+        guard let transport = self.transport else { return }
+        guard self.identity != nil else {
+            transport.close()
+            return
+        }
+        if self.punching {
+            // Its storage shared: the next report decodes into a copy (allocates), as before.
+            self.framesWaiting.append(.report(seq: seq, blocks: self.path.blocks))
+            return
+        }
+        self.processReport(seq: seq)
+    }
+
+    private func receive(_ frame: Inbound) {
         guard let transport = self.transport else { return }
         guard self.identity != nil else {
             transport.close()
@@ -261,9 +281,36 @@ final class GuestSession {
         self.process(frame)
     }
 
-    private func process(_ frame: Pagebroker_V1_Frame) {
+    private func process(_ frame: Inbound) {
+        switch frame {
+        case .report(let seq, let blocks):
+            // A report that waited: its blocks go where the decoder leaves a report's, for the
+            // same path (the decoder overwrites them with the next report anyway).
+            self.path.blocks = blocks
+            self.processReport(seq: seq)
+        case .frame(let frame):
+            let now = self.core.now
+            self.handle(self.path.machine.receive(frame, now: now), receivedAt: now)
+        }
+    }
+
+    /// The report whose blocks are in `path.blocks`: checked, and accounted and answered when
+    /// the core can do it at once, in one access to `path`.
+    private func processReport(seq: UInt64) {
         let now = self.core.now
-        let action = self.machine.receive(frame, now: now)
+        switch self.path.report(seq: seq, core: self.core, identity: self.identity, sessionID: self.sessionID, now: now)
+        {
+        case .answered(let answer):
+            self.send(answer, receivedAt: now)
+        case .punch(let seq, let blocks, let attachment):
+            self.startPunch(seq: seq, blocks: blocks, attachment: attachment, receivedAt: now)
+        case .action(let action):
+            self.handle(action, receivedAt: now)
+        }
+    }
+
+    /// What the machine said to a frame that arrived at `now`.
+    private func handle(_ action: SessionStateMachine.Action, receivedAt now: Duration) {
         // Each answered report is counted exactly once: one the core accounts (`.account`) is
         // counted by the core, whatever its outcome (ok, paused, rate limited, backend failed,
         // shutting down); one the state machine refuses before accounting (invalid, misaligned,
@@ -310,7 +357,7 @@ final class GuestSession {
         switch error {
         case let frameError as FrameError:
             self.logger.notice("bad frame from guest: \(frameError)")
-            self.perform(self.machine.fail(frameError.reasonCode ?? .protocolViolation, frameError.description))
+            self.perform(self.path.machine.fail(frameError.reasonCode ?? .protocolViolation, frameError.description))
         case let tlsError as TLSError:
             // A peer the validator refused (`peer_rejected`) was already counted by the validator
             // under its precise reason (unknown_tenant, wrong_trust_domain…): counting it here too
@@ -372,7 +419,7 @@ final class GuestSession {
                 }
             case .refused(let code, let message):
                 self.logger.notice("guest refused: \(message)")
-                self.perform(self.machine.refused(code: code, message: message))
+                self.perform(self.path.machine.refused(code: code, message: message))
             }
         case .account(let seq, let blocks):
             self.account(seq: seq, blocks: blocks, receivedAt: self.core.now)
@@ -381,14 +428,14 @@ final class GuestSession {
             do {
                 try self.core.reuse(identity, ranges: ranges)
             } catch {
-                self.perform(self.machine.fail(.backendFailed, "reuse: \(error)"))
+                self.perform(self.path.machine.fail(.backendFailed, "reuse: \(error)"))
             }
         case .sync(let chunk, let ranges, let final):
             guard let identity = self.identity else { return }
             do {
                 try self.core.sync(identity, chunk: chunk, ranges: ranges, final: final)
             } catch {
-                self.perform(self.machine.fail(.backendFailed, "sync: \(error)"))
+                self.perform(self.path.machine.fail(.backendFailed, "sync: \(error)"))
             }
         }
     }
@@ -399,7 +446,7 @@ final class GuestSession {
     /// attached, after its punch.
     private func account(seq: UInt64, blocks: [ReportedBlock], receivedAt: Duration) {
         guard let identity = self.identity else { return }
-        switch self.core.reportStep(&self.reportHandle, identity, sessionID: self.sessionID, blocks: blocks) {
+        switch self.core.reportStep(&self.path.handle, identity, sessionID: self.sessionID, blocks: blocks) {
         case .done(let outcome):
             // Answered within microseconds of its arrival: that time will do as now (one clock
             // read less per report).
@@ -453,7 +500,7 @@ final class GuestSession {
         guard !self.punching else { return }
         if self.shutdownWaiting {
             self.shutdownWaiting = false
-            self.perform(self.machine.finishShutdown())
+            self.perform(self.path.machine.finishShutdown())
         }
         self.transport?.setReading(true)
     }
@@ -461,22 +508,31 @@ final class GuestSession {
     /// Sends a report's result and times its round trip (only reports that got a result are
     /// timed, so the histogram's count equals the reports counted).
     private func answer(seq: UInt64, _ outcome: BrokerCore.ReportOutcome, receivedAt: Duration, now: Duration) {
-        self.perform(
-            self.machine.reportAccounted(
-                seq: seq,
-                reason: outcome.reason,
-                retryAfterMilliseconds: outcome.retryAfterMilliseconds,
-                message: outcome.message,
-                now: now
-            )
+        let answer = self.path.machine.reportAnswered(
+            seq: seq,
+            reason: outcome.reason,
+            retryAfterMilliseconds: outcome.retryAfterMilliseconds,
+            message: outcome.message,
+            now: now
         )
+        self.send(answer, receivedAt: receivedAt)
+    }
+
+    /// Sends a report's result (as `perform(.send(answer.frame))`, written from its fields) and
+    /// times its round trip.
+    private func send(_ answer: SessionStateMachine.ReportAnswer, receivedAt: Duration) {
+        if self.transport != nil {
+            // As `write(_:)` does for a frame: a failed encode fails the session.
+            if let error = self.framing.write(answer, maxFrameSize: self.limit.maxFrameSize) { self.failed(error) }
+            if !self.reading { self.flushOutbound(thenClose: false) }
+        }
         self.endRoundTrip(receivedAt: receivedAt)
     }
 
     /// Answers the hello of an admitted guest.
     private func sendServerHello(sessionID: String, identity: GuestIdentity) {
         self.perform(
-            self.machine.admitted(
+            self.path.machine.admitted(
                 sessionID: sessionID,
                 tenant: identity.tenant,
                 guest: identity.guest,
@@ -485,7 +541,7 @@ final class GuestSession {
             )
         )
         // The ServerHello went out under the old limit; everything after uses the new one.
-        self.limit.maxFrameSize = Int(self.machine.maxFrameSize)
+        self.limit.maxFrameSize = Int(self.path.machine.maxFrameSize)
     }
 
     /// Lets the ``BrokerCore`` end this session from any thread.
@@ -498,7 +554,7 @@ final class GuestSession {
             let session = self.session
             session.executor.execute {
                 session.value.logger.info("replaced by a newer session of the same guest")
-                session.value.perform(session.value.machine.replaced())
+                session.value.perform(session.value.path.machine.replaced())
             }
         }
 
@@ -509,11 +565,11 @@ final class GuestSession {
                 // arrive), so the goodbye can follow at once; unless one is being punched: then
                 // after its result (and the frames that wait behind it).
                 let value = session.value
-                value.machine.beginShutdown()
+                value.path.machine.beginShutdown()
                 if value.punching {
                     value.shutdownWaiting = true
                 } else {
-                    value.perform(value.machine.finishShutdown())
+                    value.perform(value.path.machine.finishShutdown())
                 }
             }
         }

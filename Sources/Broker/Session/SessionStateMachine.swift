@@ -1,4 +1,5 @@
 import BrokerProtocol
+import NIOCore
 
 /// One guest session on the broker, as a value-type state machine: every input (a frame, a
 /// tick of the clock, the outcome of accounting) returns an ``Action`` the channel handler
@@ -8,10 +9,11 @@ public struct SessionStateMachine: Sendable {
     /// What the handler must do next.
     public enum Action: Sendable, Equatable {
         case none
-        /// Send this frame.
-        case send(Pagebroker_V1_Frame)
+        /// Send this frame. (The frame cases are boxed: a `Frame`, its `oneof` one large enum,
+        /// would make every action as large, an `.account` of each report copied with `memcpy`.)
+        indirect case send(Pagebroker_V1_Frame)
         /// Send this frame (an `Error` or `Goodbye`), then close the connection.
-        case sendAndClose(Pagebroker_V1_Frame)
+        indirect case sendAndClose(Pagebroker_V1_Frame)
         /// Close without sending anything (the peer said goodbye, errored, or went silent).
         case close(reason: String)
         /// The guest said hello with this geometry: admit it (session registry, tenant limits)
@@ -85,7 +87,7 @@ public struct SessionStateMachine: Sendable {
         // The common frame first, as the switch below would take it: a report once the session
         // is established. Matched on its own, it needs no copy of the body and state pair.
         if case .active(var active) = self.state, case .report(let report)? = frame.body {
-            let action = self.report(report, active: &active)
+            let action = self.report(seq: report.seq, values: report.blocks, active: &active)
             self.state = .active(active)
             return action
         }
@@ -129,11 +131,32 @@ public struct SessionStateMachine: Sendable {
         case (.report, .syncing), (.reuse, .syncing):
             return self.fail(.protocolViolation, "Report or Reuse before the final Sync chunk")
         case (.report(let report), .active(var active)):
-            let action = self.report(report, active: &active)
+            let action = self.report(seq: report.seq, values: report.blocks, active: &active)
             self.state = .active(active)
             return action
         case (.reuse(let reuse), .active(let active)):
             return self.reuse(reuse, geometry: active.geometry)
+        }
+    }
+
+    /// A report frame arrived from the guest, as its seq and block list (the direct path: no
+    /// `Frame` built): exactly the action ``receive(_:now:)`` gives for
+    /// `Frame { report { seq, blocks } }` in every state.
+    public mutating func receiveReport(seq: UInt64, blocks: [UInt64], now: Duration) -> Action {
+        self.lastReceived = now
+        switch self.state {
+        case .active(var active):
+            let action = self.report(seq: seq, values: blocks, active: &active)
+            self.state = .active(active)
+            return action
+        case .closed:
+            return .none
+        case .awaitingHello:
+            return self.fail(.protocolViolation, "the first frame must be ClientHello")
+        case .admitting:
+            return self.fail(.protocolViolation, "nothing may be sent before ServerHello")
+        case .syncing:
+            return self.fail(.protocolViolation, "Report or Reuse before the final Sync chunk")
         }
     }
 
@@ -216,12 +239,63 @@ public struct SessionStateMachine: Sendable {
         message: String = "",
         now: Duration
     ) -> Action {
-        self.sent(
-            .send(
-                Self.result(seq: seq, reason: reason, retryAfterMilliseconds: retryAfterMilliseconds, message: message)
-            ),
-            now: now
+        .send(
+            self.reportAnswered(
+                seq: seq,
+                reason: reason,
+                retryAfterMilliseconds: retryAfterMilliseconds,
+                message: message,
+                now: now
+            ).frame
         )
+    }
+
+    /// ``reportAccounted(seq:reason:retryAfterMilliseconds:message:now:)`` on the direct path:
+    /// the result to send (always one; the action is always `.send` of ``ReportAnswer/frame``),
+    /// for the handler to write with ``ReportAnswer/write(into:maxFrameSize:)``, no `Frame` built.
+    public mutating func reportAnswered(
+        seq: UInt64,
+        reason: Pagebroker_V1_ReasonCode,
+        retryAfterMilliseconds: UInt32 = 0,
+        message: String = "",
+        now: Duration
+    ) -> ReportAnswer {
+        self.lastSent = now
+        return ReportAnswer(seq: seq, reason: reason, retryAfterMilliseconds: retryAfterMilliseconds, message: message)
+    }
+
+    /// A report's result, as its fields: what ``reportAnswered(seq:reason:retryAfterMilliseconds:message:now:)``
+    /// tells the handler to send.
+    public struct ReportAnswer: Sendable, Equatable {
+        public var seq: UInt64
+        public var reason: Pagebroker_V1_ReasonCode
+        public var retryAfterMilliseconds: UInt32
+        public var message: String
+
+        /// The `ReportResult` frame (``SessionStateMachine/result(seq:reason:retryAfterMilliseconds:message:)``).
+        public var frame: Pagebroker_V1_Frame {
+            SessionStateMachine.result(
+                seq: self.seq,
+                reason: self.reason,
+                retryAfterMilliseconds: self.retryAfterMilliseconds,
+                message: self.message
+            )
+        }
+
+        /// Appends ``frame``'s bytes, length prefix first, as `FrameEncoder.write` would, but
+        /// straight from the fields.
+        ///
+        /// - Throws: as `FrameEncoder.write(_:into:maxFrameSize:)`.
+        public func write(into buffer: inout ByteBuffer, maxFrameSize: Int) throws {
+            try FrameEncoder.writeReportResult(
+                seq: self.seq,
+                reason: self.reason,
+                retryAfterMilliseconds: self.retryAfterMilliseconds,
+                message: self.message,
+                into: &buffer,
+                maxFrameSize: maxFrameSize
+            )
+        }
     }
 
     /// The broker is stopping: from now on reports fail with `shutting_down`.
@@ -343,8 +417,7 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
-    private mutating func report(_ report: Pagebroker_V1_Report, active: inout Active) -> Action {
-        let seq = report.seq
+    private mutating func report(seq: UInt64, values: [UInt64], active: inout Active) -> Action {
         func refuse(_ reason: Pagebroker_V1_ReasonCode, _ message: String) -> Action {
             .send(Self.result(seq: seq, reason: reason, retryAfterMilliseconds: 0, message: message))
         }
@@ -353,7 +426,6 @@ public struct SessionStateMachine: Sendable {
             return refuse(.sequenceReplayed, "seq \(seq) is not greater than \(active.lastSeq)")
         }
         active.lastSeq = seq
-        let values = report.blocks
         guard values.count.isMultiple(of: 2), !values.isEmpty else {
             return refuse(.invalidRange, values.isEmpty ? "empty report" : "odd-length block list")
         }
