@@ -18,8 +18,8 @@ import Glibc
 /// is one `SSL_read` into the loop's buffer, the frames are handled in it, and the results are
 /// one `SSL_write` straight to the socket.
 ///
-/// Each loop accepts from the shared listening socket itself (`EPOLLEXCLUSIVE`: one loop is
-/// woken per connection), so a connection lives on the loop that accepted it. Work from other
+/// The first loop accepts from the listening socket and deals the connections to the loops in
+/// turn (itself among them); a connection lives on the loop it was dealt to. Work from other
 /// threads (the core's calls into sessions, punches finished, the watchdog's probe) arrives
 /// through ``execute(_:)``: a queue and an eventfd. Timers are coarse and loop-wide: every
 /// session ticks together at the sessions' tick interval, and the handshake and close deadlines,
@@ -94,13 +94,17 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
 
     // MARK: Running
 
-    /// Starts the loop's thread, accepting from `listener`.
-    func start(listener: CInt) throws(GuestTransportError) {
-        self.state.listener = listener
-        guard pbl_epoll_add(self.epoll, listener, pbl_readable, 1) == 0 else {
-            throw GuestTransportError(.loopSetupFailed, "epoll_ctl(listener)", errno: errno)
+    /// Starts the loop's thread. The first loop is given the `listener` and the loops to deal
+    /// accepted connections to (itself among them), in turn; the others get connections from it.
+    func start(listener: CInt?, dealingTo loops: [GuestLoop] = []) throws(GuestTransportError) {
+        if let listener {
+            self.state.listener = listener
+            self.state.dealTo = loops
+            guard pbl_epoll_add(self.epoll, listener, pbl_readable, 0) == 0 else {
+                throw GuestTransportError(.loopSetupFailed, "epoll_ctl(listener)", errno: errno)
+            }
+            self.state.listening = true
         }
-        self.state.listening = true
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
         let created = pthread_create(
@@ -185,6 +189,7 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         for connection in Array(state.connections.values) { connection.closeNow() }
         self.finishClosed()
         self.runTasks()  // work that raced the stop (it finds its session closed)
+        state.dealTo = []  // the loops held each other
         self.threadID.store(0, ordering: .releasing)
         let continuation = self.finished.withLock { continuation in
             defer { continuation = nil }
@@ -250,12 +255,27 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
                 }
             }
             let description = String(decoding: peer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            self.adopt(fd, peer: description)
+            // Dealt in turn, as NIO's server channel hands its children to the group's loops:
+            // left to the kernel (each loop accepting for itself), one loop could take every
+            // connection of a burst and the others none.
+            let target = state.dealTo.isEmpty ? self : state.dealTo[state.dealt % state.dealTo.count]
+            state.dealt &+= 1
+            if target === self {
+                self.adopt(fd, peer: description)
+            } else {
+                target.execute { target.adopt(fd, peer: description) }
+            }
         }
     }
 
+    /// Takes an accepted connection (on this loop's thread).
     private func adopt(_ fd: CInt, peer: String) {
         let state = self.state
+        guard state.running else {
+            // Dealt to this loop as it stopped.
+            Glibc.close(fd)
+            return
+        }
         let socket: TLSSocket
         do {
             socket = try TLSSocket(context: state.settings.tls.current, descriptor: fd)
@@ -360,7 +380,7 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         if let resume = state.acceptPausedUntil, resume <= now {
             state.acceptPausedUntil = nil
             if !state.listening, let listener = state.listener,
-                pbl_epoll_add(self.epoll, listener, pbl_readable, 1) == 0
+                pbl_epoll_add(self.epoll, listener, pbl_readable, 0) == 0
             {
                 state.listening = true
             }
@@ -385,6 +405,9 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         let settings: Settings
         var running = true
         var listener: CInt?
+        /// The loops the listening loop deals accepted connections to, and how many it dealt.
+        var dealTo: [GuestLoop] = []
+        var dealt = 0
         var listening = false
         var acceptPausedUntil: ContinuousClock.Instant?
         var connections: [CInt: GuestConnection] = [:]

@@ -48,7 +48,9 @@ final class GuestTransport: Sendable {
         let address: SocketAddress
         do {
             address = try Self.localAddress(of: fd)
-            for loop in self.loops { try loop.start(listener: fd) }
+            for (index, loop) in self.loops.enumerated() {
+                try loop.start(listener: index == 0 ? fd : nil, dealingTo: index == 0 ? self.loops : [])
+            }
         } catch {
             if socket == nil { Glibc.close(fd) }
             throw error
