@@ -83,6 +83,7 @@ struct Daemon {
         )
         serverConfiguration.handshakeTimeout = self.configuration.session.handshakeTimeout
         serverConfiguration.transport = self.configuration.guestTransport
+        serverConfiguration.guestLoops = self.configuration.eventLoopThreads
         // A stop's deadline (shutdown_timeout) ends sessions that never answer close_notify;
         // TLS's own close timeout must not end them sooner (a second more, so the deadline
         // always comes first), and cannot hold a stop past it (the stop force-closes).

@@ -23,6 +23,15 @@ public struct BrokerServerConfiguration: Sendable {
     /// What carries the guest sessions: the broker's own epoll loops (the default) or SwiftNIO's
     /// pipeline.
     public var transport: GuestTransportKind = .epoll
+    /// The epoll transport's loops; `nil`: half the cores, at least one
+    /// (``defaultGuestLoops``).
+    public var guestLoops: Int?
+
+    /// Half the cores, at least one. The broker shares its host with the guests it serves, and
+    /// one loop answers ~100k reports/s of 64 guests; more loops than needed each wake for
+    /// fewer ready sessions, which costs CPU per report: on a 2-core host, one loop spent
+    /// 1.12 × the plain C server's CPU per report and two 1.52 × (docs/benchmarks.md).
+    public static var defaultGuestLoops: Int { max(1, System.coreCount / 2) }
     /// How long a closing session waits for the guest's close_notify. The daemon makes it at
     /// least `shutdown_timeout`, so that a stop gives every session the whole timeout and it is
     /// ``BrokerServer/stop(drainTimeout:)``'s deadline, not this, that ends a silent one.
@@ -195,7 +204,7 @@ public final class BrokerServer: Sendable {
             connections: GuestConnectionCount(),
             logger: logger
         )
-        let threads = Array(self.group.makeIterator()).count
+        let threads = configuration.guestLoops ?? BrokerServerConfiguration.defaultGuestLoops
         let transport = try GuestTransport(threads: threads, settings: settings)
         let address = try transport.start(
             host: configuration.host,

@@ -183,6 +183,9 @@ import Testing
             trustDomain: "example.org"
         )
         configuration.transport = .epoll
+        // Two loops whatever the machine: the first deals connections to both, and the core
+        // replaces a session from the other loop's thread.
+        configuration.guestLoops = 2
         let server = try BrokerServer(
             configuration: configuration,
             core: core,
