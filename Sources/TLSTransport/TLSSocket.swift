@@ -111,25 +111,16 @@ public final class TLSSocket {
             try self.judgePeer()
             return .done
         }
-        switch SSL_get_error(self.ssl, result) {
-        case SSL_ERROR_WANT_READ:
-            return .wantRead
-        case SSL_ERROR_WANT_WRITE:
-            return .wantWrite
-        case SSL_ERROR_SSL where self.isUnexpectedEOF():
-            ERR_clear_error()
+        switch self.status(after: result, of: "SSL_do_handshake", duringHandshake: true) {
+        case .wantRead: return .wantRead
+        case .wantWrite: return .wantWrite
+        case .closeNotify, .endOfStream:
             throw TLSError(code: .handshakeFailed, reason: "connection closed during the handshake")
-        case SSL_ERROR_SSL:
-            throw TLSError.sslFailure(ssl: self.ssl, duringHandshake: true)
-        case SSL_ERROR_SYSCALL, SSL_ERROR_ZERO_RETURN:
-            let reason = errno == 0 ? "connection closed during the handshake" : Self.errnoText()
-            ERR_clear_error()
-            throw TLSError(code: .handshakeFailed, reason: reason)
-        case let code:
-            throw TLSError(
-                code: .handshakeFailed,
-                reason: "SSL_do_handshake: SSL_get_error \(code): \(TLSError.drainOpenSSLErrors())"
-            )
+        case .failed(let error) where error.code == .connectionClosed:
+            // A reset during the handshake is a failed handshake, as TLSHandler reports it.
+            throw TLSError(code: .handshakeFailed, reason: error.reason)
+        case .failed(let error):
+            throw error
         }
     }
 
@@ -145,30 +136,14 @@ public final class TLSSocket {
         Self.clearErrors()
         let result = SSL_read(self.ssl, buffer.baseAddress, Int32(clamping: buffer.count))
         if result > 0 { return .bytes(Int(result)) }
-        switch SSL_get_error(self.ssl, result) {
-        case SSL_ERROR_WANT_READ:
-            return .wantRead
-        case SSL_ERROR_WANT_WRITE:
-            return .wantWrite
-        case SSL_ERROR_ZERO_RETURN:
-            return .closeNotify
-        case SSL_ERROR_SSL where self.isUnexpectedEOF():
-            ERR_clear_error()
+        switch self.status(after: result, of: "read", duringHandshake: false) {
+        case .wantRead: return .wantRead
+        case .wantWrite: return .wantWrite
+        case .closeNotify: return .closeNotify
+        case .endOfStream:
             throw TLSError(code: .uncleanShutdown, reason: "peer closed the connection without close_notify")
-        case SSL_ERROR_SSL:
-            throw TLSError.sslFailure(ssl: self.ssl, duringHandshake: false)
-        case SSL_ERROR_SYSCALL:
-            let failure = errno
-            ERR_clear_error()
-            if failure == 0 {
-                throw TLSError(code: .uncleanShutdown, reason: "peer closed the connection without close_notify")
-            }
-            throw TLSError(code: .connectionClosed, reason: "read: \(Self.errnoText(failure))")
-        case let code:
-            throw TLSError(
-                code: .protocolError,
-                reason: "SSL_read: SSL_get_error \(code): \(TLSError.drainOpenSSLErrors())"
-            )
+        case .failed(let error):
+            throw error
         }
     }
 
@@ -181,22 +156,13 @@ public final class TLSSocket {
         Self.clearErrors()
         let result = SSL_write(self.ssl, bytes.baseAddress, Int32(clamping: bytes.count))
         if result > 0 { return .wrote(Int(result)) }
-        switch SSL_get_error(self.ssl, result) {
-        case SSL_ERROR_WANT_WRITE:
-            return .wantWrite
-        case SSL_ERROR_WANT_READ:
-            return .wantRead
-        case SSL_ERROR_SYSCALL:
-            let failure = errno
-            ERR_clear_error()
-            throw TLSError(code: .connectionClosed, reason: "write: \(Self.errnoText(failure))")
-        case SSL_ERROR_SSL:
-            throw TLSError.sslFailure(ssl: self.ssl, duringHandshake: false)
-        case let code:
-            throw TLSError(
-                code: .protocolError,
-                reason: "SSL_write: SSL_get_error \(code): \(TLSError.drainOpenSSLErrors())"
-            )
+        switch self.status(after: result, of: "write", duringHandshake: false) {
+        case .wantRead: return .wantRead
+        case .wantWrite: return .wantWrite
+        case .closeNotify, .endOfStream:
+            throw TLSError(code: .connectionClosed, reason: "write: the peer closed the connection")
+        case .failed(let error):
+            throw error
         }
     }
 
@@ -209,17 +175,13 @@ public final class TLSSocket {
         Self.clearErrors()
         let result = SSL_shutdown(self.ssl)
         if result >= 0 { return .done }
-        switch SSL_get_error(self.ssl, result) {
-        case SSL_ERROR_WANT_WRITE:
-            return .wantWrite
-        case SSL_ERROR_WANT_READ:
-            return .wantRead
-        case SSL_ERROR_SYSCALL:
-            let failure = errno
-            ERR_clear_error()
-            throw TLSError(code: .connectionClosed, reason: "close_notify: \(Self.errnoText(failure))")
-        default:
-            throw TLSError(code: .protocolError, reason: "SSL_shutdown: \(TLSError.drainOpenSSLErrors())")
+        switch self.status(after: result, of: "close_notify", duringHandshake: false) {
+        case .wantRead: return .wantRead
+        case .wantWrite: return .wantWrite
+        case .closeNotify, .endOfStream:
+            throw TLSError(code: .connectionClosed, reason: "close_notify: the peer closed the connection")
+        case .failed(let error):
+            throw error
         }
     }
 
@@ -247,6 +209,46 @@ public final class TLSSocket {
         let length = Int(pb_ssl_seal_tls13_alert(self.ssl, description, &record, record.count))
         guard length > 0 else { return }
         _ = record.withUnsafeBytes { send(self.descriptor, $0.baseAddress, length, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// What a failed SSL_* call (`result` ≤ 0) means, the same for every call; each call then
+    /// says what an end of the stream means for it.
+    private enum Status {
+        case wantRead
+        case wantWrite
+        /// The peer's close_notify.
+        case closeNotify
+        /// The stream ended without close_notify.
+        case endOfStream
+        case failed(TLSError)
+    }
+
+    private func status(after result: Int32, of call: String, duringHandshake: Bool) -> Status {
+        switch SSL_get_error(self.ssl, result) {
+        case SSL_ERROR_WANT_READ:
+            return .wantRead
+        case SSL_ERROR_WANT_WRITE:
+            return .wantWrite
+        case SSL_ERROR_ZERO_RETURN:
+            return .closeNotify
+        case SSL_ERROR_SSL where self.isUnexpectedEOF():
+            ERR_clear_error()
+            return .endOfStream
+        case SSL_ERROR_SSL:
+            return .failed(TLSError.sslFailure(ssl: self.ssl, duringHandshake: duringHandshake))
+        case SSL_ERROR_SYSCALL:
+            let failure = errno
+            ERR_clear_error()
+            guard failure != 0 else { return .endOfStream }
+            return .failed(TLSError(code: .connectionClosed, reason: "\(call): \(Self.errnoText(failure))"))
+        case let code:
+            return .failed(
+                TLSError(
+                    code: duringHandshake ? .handshakeFailed : .protocolError,
+                    reason: "\(call): SSL_get_error \(code): \(TLSError.drainOpenSSLErrors())"
+                )
+            )
+        }
     }
 
     /// OpenSSL 3 reports an EOF without close_notify as an SSL error of its own.

@@ -14,15 +14,7 @@ struct PackedBlocksTests {
         return [0x1A, UInt8(report.count)] + report
     }
 
-    static func varint(_ value: UInt64) -> [UInt8] {
-        var value = value
-        var bytes: [UInt8] = []
-        while value >= 0x80 {
-            bytes.append(UInt8(truncatingIfNeeded: value) | 0x80)
-            value >>= 7
-        }
-        return bytes + [UInt8(value)]
-    }
+    static func varint(_ value: UInt64) -> [UInt8] { DirectReportPathTests.varint(value) }
 
     /// Decodes `body` both ways, the fast one into storage that already holds values.
     static func expectSame(_ body: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) {

@@ -185,24 +185,14 @@ public final class BrokerServer: Sendable {
 
     private func startEpoll(adopting socket: CInt?) throws -> SocketAddress {
         let configuration = self.configuration
-        let (core, logger, metrics) = (self.core, self.logger, self.metrics)
         let settings = GuestLoop.Settings(
             tls: self.tls,
             handshakeTimeout: configuration.handshakeTimeout,
             closeTimeout: configuration.closeTimeout,
             tickInterval: GuestSession.tickInterval(for: configuration.session),
-            makeSession: {
-                GuestSession(
-                    core: core,
-                    configuration: configuration.session,
-                    trustDomain: configuration.trustDomain,
-                    limit: FrameSizeLimit(),
-                    logger: logger,
-                    metrics: metrics
-                )
-            },
+            makeSession: { [self] in self.makeSession() },
             connections: GuestConnectionCount(),
-            logger: logger
+            logger: self.logger
         )
         let threads = configuration.guestLoops ?? BrokerServerConfiguration.defaultGuestLoops
         let transport = try GuestTransport(threads: threads, settings: settings)
@@ -213,6 +203,18 @@ public final class BrokerServer: Sendable {
         )
         self.guestTransport.withLock { $0 = transport }
         return address
+    }
+
+    /// A session for one new connection, on either transport.
+    private func makeSession() -> GuestSession {
+        GuestSession(
+            core: self.core,
+            configuration: self.configuration.session,
+            trustDomain: self.configuration.trustDomain,
+            limit: FrameSizeLimit(),
+            logger: self.logger,
+            metrics: self.metrics
+        )
     }
 
     private func startNIO(adopting socket: CInt?) async throws -> SocketAddress {
@@ -229,24 +231,14 @@ public final class BrokerServer: Sendable {
                 .recvAllocator,
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536)
             )
-            .childChannelInitializer { [tls, core, configuration, logger, metrics, children] channel in
+            .childChannelInitializer { [self, tls, children] channel in
                 children.insert(channel)
                 return channel.eventLoop.makeCompletedFuture {
-                    let limit = FrameSizeLimit()
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(TLSTransport.serverHandler(context: tls.current))
                     // The session frames the plaintext itself (no codec handlers between: a frame
                     // crosses the pipeline once, unboxed, and results are flushed once per read).
-                    try sync.addHandler(
-                        SessionHandler(
-                            core: core,
-                            configuration: configuration.session,
-                            trustDomain: configuration.trustDomain,
-                            limit: limit,
-                            logger: logger,
-                            metrics: metrics
-                        )
-                    )
+                    try sync.addHandler(SessionHandler(session: self.makeSession()))
                 }
             }
         let channel: any Channel

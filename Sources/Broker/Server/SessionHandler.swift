@@ -28,24 +28,9 @@ final class SessionHandler: ChannelInboundHandler, RemovableChannelHandler, Gues
         return EventLoopExecutor(eventLoop: eventLoop)
     }
 
-    init(
-        core: BrokerCore,
-        configuration: SessionConfiguration,
-        trustDomain: String,
-        limit: FrameSizeLimit,
-        logger: Logger,
-        metrics: BrokerMetrics? = nil,
-        punchPool: NIOThreadPool = .singleton
-    ) {
-        self.session = GuestSession(
-            core: core,
-            configuration: configuration,
-            trustDomain: trustDomain,
-            limit: limit,
-            logger: logger,
-            metrics: metrics,
-            punchPool: punchPool
-        )
+    /// Carries `session` (made for this connection) on the channel.
+    init(session: GuestSession) {
+        self.session = session
     }
 
     func handlerAdded(context: ChannelHandlerContext) {

@@ -329,17 +329,12 @@ final class GuestConnection: GuestSessionTransport {
         }
     }
 
-    /// The socket failed under a write (reset, or the peer gone): the connection ends, as NIO's
-    /// write error does.
+    /// The socket failed under a write (reset, or the peer gone): the connection ends, and with
+    /// it the session (after the current event, not inside the session's own call).
     private func writeFailed(_ error: TLSError) {
+        self.loop.settings.logger.debug("guest \(self.peerDescription): \(error)")
         self.peerEnded = true
         self.unsent = nil
-        if case .open = self.state {
-            // Not into the session now (it is inside a call of its own): its end follows.
-            self.loop.execute { [loop = ExecutorBound(self, executor: self.loop)] in
-                loop.value.session.failed(error)
-            }
-        }
         self.closeNow()
     }
 

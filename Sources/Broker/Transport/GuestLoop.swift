@@ -213,7 +213,8 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
     /// accept pause; 0 when reads wait for their turn.
     private func timeoutMilliseconds() -> Int32 {
         let state = self.state
-        if !state.deferredReads.isEmpty || !self.tasksEmpty { return 0 }
+        // Work queued from other threads needs no check here: it signalled the eventfd.
+        if !state.deferredReads.isEmpty { return 0 }
         var next = state.nextTick
         if let first = state.handshakeDeadlines.first { next = min(next, first.deadline) }
         if let first = state.closeDeadlines.first { next = min(next, first.deadline) }
@@ -223,8 +224,6 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         let (seconds, attoseconds) = wait.components
         return Int32(clamping: seconds * 1_000 + attoseconds / 1_000_000_000_000_000 + 1)
     }
-
-    private var tasksEmpty: Bool { self.tasks.withLock { $0.isEmpty } }
 
     // MARK: Connections
 

@@ -11,17 +11,7 @@ import Testing
     static func reporting(onePass: Bool) -> SessionStateMachine {
         var machine = SessionStateMachine(configuration: SessionConfiguration(), now: .zero)
         machine.checksReportsInOnePass = onePass
-        let hello = Pagebroker_V1_Frame.with {
-            $0.clientHello = .with {
-                $0.protocolVersion = 1
-                $0.agentVersion = "test"
-                $0.pageSize = 4096
-                $0.totalPages = 4096
-                $0.minOrder = 9
-                $0.maxOrder = 10
-            }
-        }
-        _ = machine.receive(hello, now: .zero)
+        _ = machine.receive(DirectReportTests.hello, now: .zero)
         _ = machine.admitted(sessionID: "s1", tenant: "t", guest: "g", now: .zero)
         _ = machine.receive(.with { $0.sync = .with { $0.final = true } }, now: .zero)
         return machine
