@@ -25,6 +25,8 @@ final class GuestConnection: GuestSessionTransport {
     }
 
     let descriptor: CInt
+    /// Unique on its loop: a socket number is reused once closed, this is not.
+    let serial: UInt64
     let peerDescription: String
     private let socket: TLSSocket
     private let session: GuestSession
@@ -43,8 +45,9 @@ final class GuestConnection: GuestSessionTransport {
     /// Room for one TLS record's plaintext: a larger read is a bulk sync, cut into records.
     private static let readSize = 16_384
 
-    init(socket: TLSSocket, peer: String, session: GuestSession, loop: GuestLoop) {
+    init(socket: TLSSocket, peer: String, serial: UInt64, session: GuestSession, loop: GuestLoop) {
         self.descriptor = socket.descriptor
+        self.serial = serial
         self.peerDescription = peer
         self.socket = socket
         self.session = session

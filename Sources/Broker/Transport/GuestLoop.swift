@@ -290,16 +290,22 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
             Glibc.close(fd)
             return
         }
+        state.serials &+= 1
         let connection = GuestConnection(
             socket: socket,
             peer: peer,
+            serial: state.serials,
             session: state.settings.makeSession(),
             loop: self
         )
         state.connections[fd] = connection
         state.settings.connections.opened()
         state.handshakeDeadlines.append(
-            Deadline(deadline: ContinuousClock.now + state.settings.handshakeTimeout, connection: connection)
+            Deadline(
+                deadline: ContinuousClock.now + state.settings.handshakeTimeout,
+                descriptor: fd,
+                serial: connection.serial
+            )
         )
         connection.start()
     }
@@ -326,7 +332,11 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
     /// The connection waits for the peer's close_notify until the close timeout.
     func armCloseDeadline(_ connection: GuestConnection) {
         self.state.closeDeadlines.append(
-            Deadline(deadline: ContinuousClock.now + self.state.settings.closeTimeout, connection: connection)
+            Deadline(
+                deadline: ContinuousClock.now + self.state.settings.closeTimeout,
+                descriptor: connection.descriptor,
+                serial: connection.serial
+            )
         )
     }
 
@@ -368,12 +378,12 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         let now = ContinuousClock.now
         while let first = state.handshakeDeadlines.first, first.deadline <= now {
             state.handshakeDeadlines.removeFirst()
-            first.connection?.handshakeDeadlinePassed()
+            self.connection(for: first)?.handshakeDeadlinePassed()
             self.finishClosed()
         }
         while let first = state.closeDeadlines.first, first.deadline <= now {
             state.closeDeadlines.removeFirst()
-            first.connection?.closeDeadlinePassed()
+            self.connection(for: first)?.closeDeadlinePassed()
             self.finishClosed()
         }
         if let resume = state.acceptPausedUntil, resume <= now {
@@ -391,12 +401,23 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         }
     }
 
-    /// When a connection's handshake or close must be over. Weak: a connection that closed
-    /// sooner (most do) is freed at once, not when its deadline comes (under a reconnect storm
-    /// that would hold thousands of closed connections, each with its OpenSSL buffers).
+    /// When a connection's handshake or close must be over. It names the connection by socket
+    /// and serial instead of holding it, so a connection that closed sooner (most do) is freed
+    /// at once, not when its deadline comes (under a reconnect storm that would hold thousands
+    /// of closed connections, each with its OpenSSL buffers). Not a weak reference: that gives
+    /// the connection a side table for life, and every retain and release of it on the report
+    /// path then takes the runtime's slow path.
     private struct Deadline {
         let deadline: ContinuousClock.Instant
-        weak var connection: GuestConnection?
+        let descriptor: CInt
+        let serial: UInt64
+    }
+
+    /// The connection a deadline names, if it is still open (its socket may have been reused).
+    private func connection(for deadline: Deadline) -> GuestConnection? {
+        guard let connection = self.state.connections[deadline.descriptor], connection.serial == deadline.serial
+        else { return nil }
+        return connection
     }
 
     /// The loop's own state, touched only on its thread.
@@ -410,6 +431,8 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         var listening = false
         var acceptPausedUntil: ContinuousClock.Instant?
         var connections: [CInt: GuestConnection] = [:]
+        /// The serial of the newest connection: with its socket, it names a connection.
+        var serials: UInt64 = 0
         /// Connections whose sockets closed; their sessions end after the current event.
         var closed: [GuestConnection] = []
         var deferredReads: [GuestConnection] = []
