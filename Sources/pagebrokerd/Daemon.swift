@@ -100,7 +100,8 @@ struct Daemon {
         )
         let address: SocketAddress
         do {
-            address = try await server.start(adopting: inherited[Self.guestSocketName])
+            // Accepting begins once the other listeners are up (see `BrokerServer.start`).
+            address = try await server.start(adopting: inherited[Self.guestSocketName], accepting: false)
         } catch {
             try? await group.shutdownGracefully()
             throw StartupError(
@@ -180,6 +181,17 @@ struct Daemon {
                 try? await group.shutdownGracefully()
                 throw StartupError(error.code == .inUse ? error.message : "memory listener: \(error.message)")
             }
+        }
+
+        do {
+            try await server.beginAccepting()
+        } catch {
+            await server.stop(drainTimeout: .zero)
+            await memory.shutdown()
+            await admin.shutdown()
+            await metrics?.stop()
+            try? await group.shutdownGracefully()
+            throw StartupError("guest listener \(shown): cannot accept: \(Self.explain(error))")
         }
 
         let service = ServiceState(configuration: self.configuration, logger: self.logger)

@@ -163,14 +163,18 @@ public final class BrokerServer: Sendable {
     }
 
     /// Binds the listener (or adopts `socket`, an already-listening file descriptor handed over
-    /// by systemd) and starts accepting guests.
-    public func start(adopting socket: CInt? = nil) async throws -> SocketAddress {
+    /// by systemd) and starts accepting guests; with `accepting` false, only once
+    /// ``beginAccepting()`` is called. The daemon starts that way: a crowd of guests connecting
+    /// while it starts would otherwise take the descriptors its other listeners still need
+    /// (at its `RLIMIT_NOFILE`, the broker then failed to start); meanwhile they wait in the
+    /// listen backlog.
+    public func start(adopting socket: CInt? = nil, accepting: Bool = true) async throws -> SocketAddress {
         let address: SocketAddress
         switch self.configuration.transport {
         case .epoll:
-            address = try self.startEpoll(adopting: socket)
+            address = try self.startEpoll(adopting: socket, accepting: accepting)
         case .nio:
-            address = try await self.startNIO(adopting: socket)
+            address = try await self.startNIO(adopting: socket, accepting: accepting)
         }
         self.boundAddress.withLock { $0 = address }
         self.logger.info(
@@ -183,7 +187,16 @@ public final class BrokerServer: Sendable {
         return address
     }
 
-    private func startEpoll(adopting socket: CInt?) throws -> SocketAddress {
+    /// Starts accepting guests after a ``start(adopting:accepting:)`` that did not.
+    public func beginAccepting() async throws {
+        if let transport = self.guestTransport.withLock({ $0 }) {
+            try await transport.beginAccepting()
+        } else if let channel = self.channel.withLock({ $0 }) {
+            try await channel.setOption(ChannelOptions.autoRead, value: true).get()
+        }
+    }
+
+    private func startEpoll(adopting socket: CInt?, accepting: Bool) throws -> SocketAddress {
         let configuration = self.configuration
         let settings = GuestLoop.Settings(
             tls: self.tls,
@@ -199,7 +212,8 @@ public final class BrokerServer: Sendable {
         let address = try transport.start(
             host: configuration.host,
             port: configuration.port,
-            adopting: socket
+            adopting: socket,
+            accepting: accepting
         )
         self.guestTransport.withLock { $0 = transport }
         return address
@@ -217,8 +231,10 @@ public final class BrokerServer: Sendable {
         )
     }
 
-    private func startNIO(adopting socket: CInt?) async throws -> SocketAddress {
+    private func startNIO(adopting socket: CInt?, accepting: Bool) async throws -> SocketAddress {
         let bootstrap = ServerBootstrap(group: self.group)
+            // Not reading the listener is not accepting; `beginAccepting()` turns it on.
+            .serverChannelOption(.autoRead, value: accepting)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // IPPROTO_TCP level: `.socketOption(.tcp_nodelay)` is SOL_SOCKET option 1, SO_DEBUG,

@@ -96,14 +96,21 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
 
     /// Starts the loop's thread. The first loop is given the `listener` and the loops to deal
     /// accepted connections to (itself among them), in turn; the others get connections from it.
-    func start(listener: CInt?, dealingTo loops: [GuestLoop] = []) throws(GuestTransportError) {
+    /// With `accepting` false it accepts nothing until ``beginAccepting()``.
+    func start(
+        listener: CInt?,
+        dealingTo loops: [GuestLoop] = [],
+        accepting: Bool = true
+    ) throws(GuestTransportError) {
         if let listener {
             self.state.listener = listener
             self.state.dealTo = loops
-            guard pbl_epoll_add(self.epoll, listener, pbl_readable, 0) == 0 else {
-                throw GuestTransportError(.loopSetupFailed, "epoll_ctl(listener)", errno: errno)
+            if accepting {
+                guard pbl_epoll_add(self.epoll, listener, pbl_readable, 0) == 0 else {
+                    throw GuestTransportError(.loopSetupFailed, "epoll_ctl(listener)", errno: errno)
+                }
+                self.state.listening = true
             }
-            self.state.listening = true
         }
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
@@ -123,6 +130,27 @@ final class GuestLoop: SessionExecutor, @unchecked Sendable {
         }
         pthread_detach(thread)
         self.started.store(true, ordering: .releasing)
+    }
+
+    /// Starts accepting from the listener given to ``start(listener:dealingTo:accepting:)``
+    /// (nothing if it has none, already accepts, or stopped accepting).
+    func beginAccepting() async throws(GuestTransportError) {
+        let failure = await withCheckedContinuation { (continuation: CheckedContinuation<CInt?, Never>) in
+            self.execute { [self] in
+                let state = self.state
+                guard !state.listening, state.acceptPausedUntil == nil, let listener = state.listener else {
+                    continuation.resume(returning: nil)
+                    return
+                }
+                guard pbl_epoll_add(self.epoll, listener, pbl_readable, 0) == 0 else {
+                    continuation.resume(returning: errno)
+                    return
+                }
+                state.listening = true
+                continuation.resume(returning: nil)
+            }
+        }
+        if let failure { throw GuestTransportError(.loopSetupFailed, "epoll_ctl(listener)", errno: failure) }
     }
 
     /// Stops accepting (the listening socket is closed by the transport once every loop has).

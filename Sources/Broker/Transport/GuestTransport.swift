@@ -26,8 +26,14 @@ final class GuestTransport: Sendable {
     }
 
     /// Binds `host`:`port` (or adopts `socket`, a listening socket handed over by systemd) and
-    /// starts the loops. Returns the bound address.
-    func start(host: String, port: Int, adopting socket: CInt?) throws(GuestTransportError) -> SocketAddress {
+    /// starts the loops; with `accepting` false they accept nothing until ``beginAccepting()``
+    /// (guests that connect meanwhile wait in the listen backlog). Returns the bound address.
+    func start(
+        host: String,
+        port: Int,
+        adopting socket: CInt?,
+        accepting: Bool = true
+    ) throws(GuestTransportError) -> SocketAddress {
         let fd: CInt
         if let socket {
             guard pbl_set_nonblocking(socket) == 0 else {
@@ -49,13 +55,22 @@ final class GuestTransport: Sendable {
         do {
             address = try Self.localAddress(of: fd)
             for (index, loop) in self.loops.enumerated() {
-                try loop.start(listener: index == 0 ? fd : nil, dealingTo: index == 0 ? self.loops : [])
+                try loop.start(
+                    listener: index == 0 ? fd : nil,
+                    dealingTo: index == 0 ? self.loops : [],
+                    accepting: accepting
+                )
             }
         } catch {
             if socket == nil { Glibc.close(fd) }
             throw error
         }
         return address
+    }
+
+    /// Starts accepting guests, after a ``start(host:port:adopting:accepting:)`` that did not.
+    func beginAccepting() async throws(GuestTransportError) {
+        try await self.loops[0].beginAccepting()
     }
 
     /// Stops accepting and closes the listening socket.
