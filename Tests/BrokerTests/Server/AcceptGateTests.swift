@@ -41,15 +41,7 @@ import Testing
         let pki = try GuestTransportThreadTests.pki.get()
         let core = BrokerCore(policies: PolicySet(tenants: ["t1": TenantPolicy()]))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        var configuration = BrokerServerConfiguration(
-            host: "127.0.0.1",
-            port: 0,
-            certificateChainPath: "\(pki)/server.pem",
-            privateKeyPath: "\(pki)/server.key",
-            clientCAPath: "\(pki)/ca.pem",
-            trustDomain: "example.org"
-        )
-        configuration.transport = transport
+        let configuration = ServerTestSupport.configuration(pki: pki, transport: transport)
         let server = try BrokerServer(
             configuration: configuration,
             core: core,
@@ -60,7 +52,7 @@ import Testing
         let clients = 20
         var sockets: [CInt] = []
         defer { for fd in sockets { close(fd) } }
-        for _ in 0..<clients { sockets.append(try DescriptorHelpers.connect(port: port)) }
+        for _ in 0..<clients { sockets.append(try ServerTestSupport.connect(port: port)) }
 
         // Every connection reaches the accept queue and stays there: a listener being accepted
         // from would never hold all of them.
@@ -79,27 +71,5 @@ import Testing
         await server.stop(drainTimeout: .seconds(5))
         #expect(server.connectionCount == 0)
         try await group.shutdownGracefully()
-    }
-}
-
-/// Plain TCP connections for tests that only need a socket to be connected.
-enum DescriptorHelpers {
-    static func connect(port: Int) throws -> CInt {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard connected == 0 else {
-            close(fd)
-            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-        }
-        return fd
     }
 }

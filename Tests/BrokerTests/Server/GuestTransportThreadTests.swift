@@ -52,19 +52,8 @@ import Testing
         signalAfter: (count: Int, semaphore: DispatchSemaphore)? = nil
     ) throws -> [Pagebroker_V1_ReasonCode] {
         startAfter?.wait()
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw GuestFailure("socket") }
+        let fd = try ServerTestSupport.connect(port: port)
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard connected == 0 else { throw GuestFailure("connect: \(String(cString: strerror(errno)))") }
         let context = try TLSContext(
             configuration: .client(
                 certificateChainPath: "\(pki)/\(certificate).pem",
@@ -174,15 +163,7 @@ import Testing
         let pki = try Self.pki.get()
         let core = BrokerCore(policies: PolicySet(tenants: ["t1": TenantPolicy(), "t2": TenantPolicy()]))
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        var configuration = BrokerServerConfiguration(
-            host: "127.0.0.1",
-            port: 0,
-            certificateChainPath: "\(pki)/server.pem",
-            privateKeyPath: "\(pki)/server.key",
-            clientCAPath: "\(pki)/ca.pem",
-            trustDomain: "example.org"
-        )
-        configuration.transport = .epoll
+        var configuration = ServerTestSupport.configuration(pki: pki, transport: .epoll)
         // Two loops whatever the machine: the first deals connections to both, and the core
         // replaces a session from the other loop's thread.
         configuration.guestLoops = 2
